@@ -1,0 +1,1 @@
+"""Triton kernels of vllm-ngram-style and their launchers (installed as ``vllm_ngram_style.kernels``)."""

