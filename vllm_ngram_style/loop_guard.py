@@ -25,7 +25,7 @@ def guard_banned_tokens(history: torch.Tensor, g: int) -> torch.Tensor:
     banned = torch.where(match, windows[:, :, -1], torch.full_like(windows[:, :, -1], -1))
     banned, _ = torch.sort(banned, dim=1)
     dup = torch.zeros_like(banned, dtype=torch.bool)
-    dup[:, 1:] = banned[:, 1:] == banned[:, :-1]
+    dup[:, :-1] = banned[:, :-1] == banned[:, 1:]  # keep the last copy, so column -1 holds the row's max
     return torch.where(dup, torch.full_like(banned, -1), banned)
 
 
@@ -35,7 +35,15 @@ def capture_banned(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
 
 
 def restore_banned(logits: torch.Tensor, banned: torch.Tensor, before: torch.Tensor) -> None:
-    """After steering, put banned tokens back to their unsteered values (in place)."""
-    idx = banned.clamp(min=0)  # [R, K]
-    after = logits.gather(1, idx)
-    logits.scatter_add_(1, idx, torch.where(banned >= 0, before - after, torch.zeros_like(after)))
+    """After steering, put banned tokens back to their unsteered values, bit for bit (in place).
+
+    Empty (-1) slots write to the row's last banned token with that token's own value, so every
+    write to one index carries the same value and scatter_ stays deterministic.
+    """
+    if banned.shape[1] == 0:
+        return
+    last = banned[:, -1:]  # [R, 1] the row's largest banned token, -1 if none
+    fill = last.clamp(min=0)  # [R, 1]
+    idx = torch.where(banned >= 0, banned, fill)  # [R, K]
+    fill_value = torch.where(last >= 0, before[:, -1:], logits.gather(1, fill))  # [R, 1]
+    logits.scatter_(1, idx, torch.where(banned >= 0, before, fill_value))
