@@ -75,7 +75,7 @@ def test_top_k_table_matches_naive():
         for i, ctx in enumerate(sorted(by_ctx)):
             conts = by_ctx[ctx]
             assert t.context_total[i] == sum(c for _, c in conts)  # N counts every continuation
-            want = sorted(conts, key=lambda tc: (-tc[1], tc[0]))[:top_k]  # ties: lower id first
+            want = sorted(sorted(conts, key=lambda tc: (-tc[1], tc[0]))[:top_k])  # ties: lower id first; stored by id
             lo, hi = t.context_offsets[i], t.context_offsets[i + 1]
             assert list(zip(t.entry_tokens[lo:hi].tolist(), t.entry_counts[lo:hi].tolist())) == want
 
@@ -84,4 +84,6 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="orders must be between 1 and 6"):
         NgramCounter(7, 10)
     with pytest.raises(ValueError, match="out of range"):
-        NgramCounter(2, 10).add_document([3, 10])
+        counter = NgramCounter(2, 10)
+        counter.add_document([3, 10])
+        counter.finish()

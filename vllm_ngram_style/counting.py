@@ -59,22 +59,33 @@ def unpack_keys(keys: np.ndarray, n: int, bits: int) -> np.ndarray:
     return out
 
 
-def reduce_keys(keys: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Sort [M, W] keys and sum the counts of equal keys. counts None means 1 each."""
+def reduce_keys(keys: np.ndarray, counts: np.ndarray | None, runs_sorted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sort [M, W] keys and sum the counts of equal keys. counts None means 1 each.
+
+    runs_sorted: keys are a concatenation of sorted runs (a merge); a stable sort (timsort)
+    then merges them in O(M log runs).
+    """
     if keys.shape[0] == 0:
         return keys, np.zeros(0, dtype=np.int64)
-    if keys.shape[1] == 1:
-        order = np.argsort(keys[:, 0], kind="stable" if counts is not None else "quicksort")
+    if keys.shape[1] == 1 and counts is None:
+        keys = np.sort(keys[:, 0])[:, None]  # no payload: a plain (SIMD) sort is fastest
     else:
-        order = np.lexsort(keys.T[::-1])
-    keys = keys[order]
+        if keys.shape[1] == 1:
+            order = np.argsort(keys[:, 0], kind="stable" if runs_sorted else "quicksort")
+        else:
+            order = np.lexsort(keys.T[::-1])
+        keys = keys[order]
+        counts = None if counts is None else counts[order]
     new_group = np.ones(keys.shape[0], dtype=bool)
-    new_group[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    if keys.shape[1] == 1:
+        np.not_equal(keys[1:, 0], keys[:-1, 0], out=new_group[1:])
+    else:
+        new_group[1:] = np.any(keys[1:] != keys[:-1], axis=1)
     starts = np.flatnonzero(new_group)
     if counts is None:
         summed = np.diff(np.append(starts, keys.shape[0])).astype(np.int64)
     else:
-        summed = np.add.reduceat(counts[order].astype(np.int64), starts)
+        summed = np.add.reduceat(counts.astype(np.int64, copy=False), starts)
     return keys[starts], summed
 
 
@@ -105,8 +116,6 @@ class NgramCounter:
         ids = np.asarray(ids, dtype=np.int32)
         if ids.size == 0:
             return
-        if ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise ValueError(f"token id out of range [0, {self.vocab_size})")
         self._buffer.append(ids)
         self._buffered += ids.size
         self.documents += 1
@@ -120,25 +129,41 @@ class NgramCounter:
         lengths = np.array([d.size for d in self._buffer], dtype=np.int64)  # [D]
         stream = np.concatenate(self._buffer)  # [T] int32
         self._buffer, self._buffered = [], 0
+        if stream.min() < 0 or stream.max() >= self.vocab_size:  # checked per chunk, not per document
+            raise ValueError(f"token id out of range [0, {self.vocab_size})")
         self.unigram_counts += np.bincount(stream, minlength=self.vocab_size)
         # doc_end[i]: index one past the end of the document holding position i.
         doc_end = np.repeat(np.cumsum(lengths), lengths)  # [T]
-        positions = np.arange(stream.size, dtype=np.int64)
+        positions = np.arange(stream.size, dtype=np.int64)  # [T]
+        per_word = 63 // self.bits
+        rolling = stream.astype(np.int64)  # [T - n + 1] after step n: n-grams packed into one word
         for n in range(2, self.max_order + 1):
-            starts = positions[positions + n <= doc_end]  # n-grams wholly inside one document
-            if starts.size == 0:
+            m = stream.size - n + 1
+            if m <= 0:
+                break
+            valid = positions[:m] + n <= doc_end[:m]  # [m] n-grams wholly inside one document
+            if n <= per_word:
+                rolling = (rolling[:-1] << self.bits) | stream[n - 1:]
+                keys = rolling[valid][:, None]  # [M, 1]
+            else:
+                starts = positions[:m][valid]
+                grams = np.stack([stream[starts + j] for j in range(n)], axis=1)  # [M, n]
+                keys = pack_keys(grams, self.bits)  # [M, W]
+            if keys.shape[0] == 0:
                 continue
-            grams = np.stack([stream[starts + j] for j in range(n)], axis=1)  # [M, n]
-            keys, counts = reduce_keys(pack_keys(grams, self.bits), None)
+            keys, counts = reduce_keys(keys, None)
             self._pending[n].append((keys, counts))
             self._pending_rows[n] += keys.shape[0]
             # Merge when the pending partials outgrow what is already merged: amortised O(U log U).
-            if len(self._pending[n]) > 1 and self._pending_rows[n] > max(self.chunk_tokens, self._merged_rows[n]):
+            if len(self._pending[n]) > 1 and self._pending_rows[n] > max(self.chunk_tokens, 2 * self._merged_rows[n]):
                 self._merge(n)
 
     def _merge(self, n: int) -> None:
         parts = self._pending[n]
-        keys, counts = reduce_keys(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        if len(parts) == 1:
+            return
+        keys, counts = reduce_keys(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                                   runs_sorted=True)
         self._pending[n] = [(keys, counts)]
         self._pending_rows[n] = self._merged_rows[n] = keys.shape[0]
 
@@ -164,7 +189,7 @@ class OrderTable:
     context_tokens: [C, n-1] int32, lexicographically sorted (n = 1: one empty context)
     context_total:  [C] int64, N_n(c): every continuation counted, kept or not
     context_offsets: [C+1] int64, entries of context i are [offsets[i], offsets[i+1])
-    entry_tokens:   [E] int32, within a context by count descending, then token id ascending
+    entry_tokens:   [E] int32, within a context by token id ascending (the top_k by count; ties: lower id)
     entry_counts:   [E] int64, C_n(c, t)
     """
 
@@ -185,17 +210,22 @@ def build_top_k_table(counts: OrderCounts, top_k: int) -> OrderTable:
         return OrderTable(n, np.zeros((0, n - 1), np.int32), np.zeros(0, np.int64), np.zeros(1, np.int64),
                           np.zeros(0, np.int32), np.zeros(0, np.int64), 0)
     ctx = grams[:, :-1]
-    new_ctx = np.ones(grams.shape[0], dtype=bool)
-    if n > 1:
-        new_ctx[1:] = np.any(ctx[1:] != ctx[:-1], axis=1)
-    else:
-        new_ctx[1:] = False
+    new_ctx = np.zeros(grams.shape[0], dtype=bool)
+    new_ctx[0] = True
+    for j in range(n - 1):  # column by column: no [U, n-1] temporaries
+        new_ctx[1:] |= ctx[1:, j] != ctx[:-1, j]
     ctx_starts = np.flatnonzero(new_ctx)
     ctx_id = np.cumsum(new_ctx) - 1  # [U]
     totals = np.add.reduceat(cnt, ctx_starts)
-    order = np.lexsort((grams[:, -1], -cnt, ctx_id))
-    rank = np.arange(order.size) - ctx_starts[ctx_id[order]]
-    keep = order[rank < top_k]
+    sizes = np.diff(np.append(ctx_starts, grams.shape[0]))  # [C] continuations per context
+    keep = np.ones(grams.shape[0], dtype=bool)
+    big = sizes > top_k
+    if big.any():  # only contexts with more than top_k continuations need a selection
+        rows = np.flatnonzero(big[ctx_id])
+        order = np.lexsort((grams[rows, -1], -cnt[rows], ctx_id[rows]))
+        ranked = rows[order]
+        first = np.searchsorted(ctx_id[ranked], ctx_id[ranked], side="left")
+        keep[ranked[np.arange(ranked.size) - first >= top_k]] = False
     kept_ctx = ctx_id[keep]
     offsets = np.zeros(ctx_starts.size + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.bincount(kept_ctx, minlength=ctx_starts.size))
