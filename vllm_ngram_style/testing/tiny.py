@@ -51,8 +51,10 @@ def build_tiny_model(folder: str, seed: int = 0, hidden: int = 64, layers: int =
 
     n_tok = len(AutoTokenizer.from_pretrained(folder))
     torch.manual_seed(seed)
+    # head_dim 32: vLLM's CPU attention supports head sizes 32, 64, 80, ... (not 16)
+    heads = max(1, hidden // 32)
     cfg = LlamaConfig(vocab_size=n_tok + 16, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                       max_position_embeddings=512, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
                       torch_dtype="float32")
     model = LlamaForCausalLM(cfg)
