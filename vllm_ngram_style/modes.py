@@ -63,15 +63,21 @@ def _paper_deltas(pack: StylePack, table, weight: float) -> np.ndarray:
 MODE_DELTAS: dict[str, Callable] = {"exact": _exact_deltas, "paper": _paper_deltas}
 # Modes that need the whole pack at once (e.g. Kneser-Ney) register a full compiler here instead.
 MODE_COMPILERS: dict[str, Callable[[StylePack, str], "CompiledStyle"]] = {}
+# Full compilers living in other modules, imported on first use (they register themselves above).
+LAZY_MODE_MODULES: dict[str, str] = {"kn": ".kneser_ney"}
 
 
 def available_modes() -> list[str]:
-    return sorted(set(MODE_DELTAS) | set(MODE_COMPILERS))
+    return sorted(set(MODE_DELTAS) | set(MODE_COMPILERS) | set(LAZY_MODE_MODULES))
 
 
 def compile_style(pack: StylePack, mode: str = DEFAULT_MODE, name: str | None = None) -> CompiledStyle:
     """Derive one mode's deltas from a pack's counts."""
     name = pack.name if name is None else name
+    if mode not in MODE_COMPILERS and mode in LAZY_MODE_MODULES:
+        import importlib
+
+        importlib.import_module(LAZY_MODE_MODULES[mode], __package__)
     if mode in MODE_COMPILERS:
         return MODE_COMPILERS[mode](pack, name)
     if mode not in MODE_DELTAS:

@@ -8,6 +8,8 @@ Layout of the tensors, for each order n in 1..orders:
   order{n}.entry_tokens    [E_n] int32
   order{n}.entry_counts    [E_n] int64
   unigram_counts           [V] int64           (untruncated; used by evaluation metrics)
+Optionally, a backoff model (Kneser-Ney from training, or an imported ARPA file): the tensors
+backoff{n}.* and the metadata key "backoff" (see backoff.py). Packs without one load as before.
 Metadata (the safetensors header's "ngram_style" key) is JSON; see ``StylePack.metadata``.
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ class StylePack:
     weights: list[float] = field(default_factory=lambda: list(PAPER_WEIGHTS))
     corpus: dict = field(default_factory=dict)
     name: str = ""
+    backoff: "BackoffModel | None" = None  # optional; backoff.BackoffModel (mode "kn")
 
     @property
     def orders(self) -> int:
@@ -64,10 +67,12 @@ class StylePack:
             out[p + "context_offsets"] = t.context_offsets.astype(np.int64)
             out[p + "entry_tokens"] = t.entry_tokens.astype(np.int32)
             out[p + "entry_counts"] = t.entry_counts.astype(np.int64)
+        if self.backoff is not None:
+            out.update(self.backoff.tensors())
         return out
 
     def metadata(self) -> dict:
-        return {
+        meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "name": self.name,
@@ -79,6 +84,9 @@ class StylePack:
             "distinct_ngrams": [t.distinct_ngrams for t in self.tables],
             "corpus": self.corpus,
         }
+        if self.backoff is not None:  # absent otherwise, so older packs keep their checksums
+            meta["backoff"] = self.backoff.metadata()
+        return meta
 
     def check_tokenizer(self, fingerprint: str, vocab_size: int | None = None, where: str = "") -> None:
         """Raise unless this pack was counted with the tokenizer described."""
@@ -164,10 +172,15 @@ def load_pack(path: str) -> StylePack:
         unigram = tensors["unigram_counts"]
         if unigram.shape != (vocab,):
             raise ValueError("unigram_counts has the wrong shape")
+        backoff = None
+        if "backoff" in meta:
+            from .backoff import BackoffModel
+
+            backoff = BackoffModel.from_tensors(tensors, meta["backoff"], vocab)
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise _fail(path, f"inconsistent contents ({exc})") from exc
     return StylePack(tables, unigram, vocab, meta["tokenizer"]["fingerprint"], float(meta["smoothing_k"]),
-                     int(meta["top_k"]), weights, meta.get("corpus", {}), meta.get("name", ""))
+                     int(meta["top_k"]), weights, meta.get("corpus", {}), meta.get("name", ""), backoff)
 
 
 def _check_table(t: OrderTable, vocab: int) -> None:

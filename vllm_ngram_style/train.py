@@ -49,8 +49,9 @@ def validate_train_args(orders: int, top_k: int, smoothing_k: float, weights) ->
     return weights
 
 
-def count_token_documents(docs, vocab_size: int, orders: int, top_k: int, progress=None):
-    """Count already tokenised documents (iterables of ids) into top-K tables."""
+def count_full(docs, vocab_size: int, orders: int, progress=None):
+    """Count already tokenised documents (iterables of ids): the counter and every distinct n-gram
+    of each order with its count (NgramCounter.finish)."""
     counter = NgramCounter(orders, vocab_size)
     for ids in docs:
         counter.add_document(ids)
@@ -58,13 +59,22 @@ def count_token_documents(docs, vocab_size: int, orders: int, top_k: int, progre
             progress.update(len(ids))
     if counter.tokens == 0:
         raise CorpusError("the corpus holds no tokens (empty or whitespace-only)")
-    tables = [build_top_k_table(c, top_k) for c in counter.finish()]
+    return counter, counter.finish()
+
+
+def count_token_documents(docs, vocab_size: int, orders: int, top_k: int, progress=None):
+    """Count already tokenised documents (iterables of ids) into top-K tables."""
+    counter, counts = count_full(docs, vocab_size, orders, progress)
+    tables = [build_top_k_table(c, top_k) for c in counts]
     return counter, tables
 
 
 def train_pack(tokenizer_dir: str, corpus_paths: list[str], orders: int = 3, top_k: int = DEFAULT_TOP_K,
                smoothing_k: float = DEFAULT_SMOOTHING_K, weights=None, split: str = "auto",
-               name: str = "", progress: bool = True, tokenizer=None) -> tuple[StylePack, TrainSummary]:
+               name: str = "", progress: bool = True, tokenizer=None,
+               kneser_ney: bool = False) -> tuple[StylePack, TrainSummary]:
+    """kneser_ney: also estimate interpolated modified Kneser-Ney from the full counts and store it
+    in the pack (mode "kn"; see kneser_ney.py), its orders >= 2 truncated to top_k per context."""
     weights = validate_train_args(orders, top_k, smoothing_k, weights)
     docs = list(iter_corpus_documents(corpus_paths, split))
     if not docs:
@@ -86,12 +96,20 @@ def train_pack(tokenizer_dir: str, corpus_paths: list[str], orders: int = 3, top
     t1 = time.perf_counter()
     total = sum(e.size for e in encoded)
     with tqdm(total=total, desc="counting", unit="tok", unit_scale=True, disable=not progress) as bar:
-        counter, tables = count_token_documents(encoded, vocab, orders, top_k, bar)
+        counter, counts = count_full(encoded, vocab, orders, bar)
+    tables = [build_top_k_table(c, top_k) for c in counts]
+    backoff = None
+    if kneser_ney:
+        from .kneser_ney import estimate_kneser_ney
+
+        backoff = estimate_kneser_ney(counts, vocab, top_k)
+    del counts
     t2 = time.perf_counter()
     corpus_meta = {"files": [os.path.basename(p) for p in corpus_paths], "documents": counter.documents,
                    "tokens": counter.tokens, "split": split}
     pack = StylePack(tables, counter.unigram_counts, vocab, tokenizer_fingerprint(tok), smoothing_k, top_k,
-                     weights, corpus_meta, name or os.path.splitext(os.path.basename(corpus_paths[0]))[0])
+                     weights, corpus_meta, name or os.path.splitext(os.path.basename(corpus_paths[0]))[0],
+                     backoff)
     summary = TrainSummary(counter.documents, counter.tokens, [t.distinct_ngrams for t in tables],
                            [t.context_total.shape[0] for t in tables], [t.entry_tokens.shape[0] for t in tables],
                            t1 - t0, t2 - t1)

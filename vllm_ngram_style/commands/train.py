@@ -15,6 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("--split", default="auto", choices=["auto", "paragraph", "line", "file"],
                    help="what counts as a document (no n-gram crosses one); auto: paragraphs if the file has blank lines, else lines")
     p.add_argument("--name", default="", help="style name stored in the pack (default: corpus file name)")
+    p.add_argument("--kneser-ney", action="store_true",
+                   help="also store interpolated modified Kneser-Ney tables from the full counts (mode 'kn')")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -23,7 +25,8 @@ def run(args) -> int:
     from ..train import train_pack
 
     pack, summary = train_pack(args.tokenizer, args.corpus, args.orders, args.top_k, args.smoothing_k,
-                               args.weights, args.split, args.name, progress=not args.quiet)
+                               args.weights, args.split, args.name, progress=not args.quiet,
+                               kneser_ney=args.kneser_ney)
     save_pack(pack, args.out)
     summary.pack_bytes = os.path.getsize(args.out)
     print(f"wrote {args.out}")
