@@ -207,10 +207,15 @@ class BackoffModel:
             return self
         orders = [self.orders[0]]
         for o in self.orders[1:]:
-            ci = o.entry_context()
-            perm = np.lexsort((o.entry_tokens, -o.entry_logprob, ci))  # by context, prob desc, token
-            rank = np.arange(perm.size) - o.context_offsets[ci[perm]]
-            kept = np.sort(perm[rank < top_k])  # back to (context, token) order
+            ci = o.entry_context()  # [E]
+            keep = np.ones(ci.shape[0], dtype=bool)
+            big = np.diff(o.context_offsets) > top_k
+            if big.any():  # only contexts with more than top_k entries need a selection
+                rows = np.flatnonzero(big[ci])
+                perm = rows[np.lexsort((o.entry_tokens[rows], -o.entry_logprob[rows], ci[rows]))]
+                rank = np.arange(perm.size) - np.searchsorted(ci[perm], ci[perm], side="left")
+                keep[perm[rank >= top_k]] = False
+            kept = np.flatnonzero(keep)  # still in (context, token) order
             sizes = np.bincount(ci[kept], minlength=o.num_contexts)
             offsets = np.zeros(o.num_contexts + 1, dtype=np.int64)
             offsets[1:] = np.cumsum(sizes)
