@@ -1,0 +1,188 @@
+"""Per-request style arguments and the server configuration: every bad input has its own clear error."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vllm_ngram_style.errors import ConfigError, RequestError
+from vllm_ngram_style.request_args import (DEFAULT_STRENGTH, MAX_STRENGTH, StyleRequest, parse_request_args)
+from vllm_ngram_style.server_config import ENV_CONFIG, read_config, validate_sampling_params
+
+STYLES = ["quixote", "news"]
+MODES = ["exact", "paper", "kn"]
+
+
+def parse(extra):
+    return parse_request_args(extra, STYLES, MODES)
+
+
+@pytest.mark.parametrize("extra", [None, {}, {"temperature_hint": 3}, {"kv_transfer_params": {"x": 1}}])
+def test_unsteered(extra):
+    assert parse(extra) is None
+
+
+def test_defaults_and_full():
+    assert parse({"style": "quixote"}) == StyleRequest("quixote", DEFAULT_STRENGTH, "exact", False, 0)
+    got = parse({"style": "news", "style_strength": 1, "style_mode": "kn", "style_adaptive": 1,
+                 "style_loop_guard": 4, "other_feature": "x"})
+    assert got == StyleRequest("news", 1.0, "kn", True, 4)
+    assert isinstance(got.strength, float)
+    assert parse({"style": "news", "style_strength": MAX_STRENGTH}).strength == MAX_STRENGTH
+    assert parse({"style": "news", "style_strength": 0}).strength == 0.0
+    assert parse({"style": "news", "style_adaptive": True}).adaptive is True  # offline Python bool
+    assert parse({"style": "news", "style_adaptive": 0}).adaptive is False
+    assert parse({"style": "news", "style_loop_guard": 0}).loop_guard == 0
+    assert parse({"style": "news", "style_loop_guard": 8}).loop_guard == 8
+
+
+def test_default_mode_when_exact_disabled():
+    assert parse_request_args({"style": "news"}, STYLES, ["paper"]).mode == "paper"
+
+
+BAD = [
+    ({"style": "cervantes"}, r"unknown style 'cervantes' \(style\); this server offers: news, quixote"),
+    ({"style": 3}, r"style must be a string naming a style, got int 3"),
+    ({"style": ""}, r"unknown style ''"),
+    ({"style": ["quixote"]}, r"style must be a string.*got list"),
+    ({"style_strength": 0.2}, r"style_strength given without 'style'.*news, quixote"),
+    ({"style": "quixote", "style_strenght": 0.2}, r"unknown style argument 'style_strenght'; known: style, style_strength"),
+    ({"style": "quixote", "style_x": 1, "style_y": 2}, r"unknown style arguments 'style_x', 'style_y'"),
+    ({"style": "quixote", "style_strength": float("nan")}, r"style_strength must be a finite number, got nan"),
+    ({"style": "quixote", "style_strength": float("inf")}, r"style_strength must be a finite number, got inf"),
+    ({"style": "quixote", "style_strength": -float("inf")}, r"must be a finite number, got -inf"),
+    ({"style": "quixote", "style_strength": -0.1}, r"style_strength must be between 0 and 5, got -0.1"),
+    ({"style": "quixote", "style_strength": 5.01}, r"style_strength must be between 0 and 5, got 5.01"),
+    ({"style": "quixote", "style_strength": "0.3"}, r"style_strength must be a number, got str '0.3'"),
+    ({"style": "quixote", "style_strength": True}, r"style_strength must be a number, got bool True"),
+    ({"style": "quixote", "style_strength": [0.3]}, r"style_strength must be a number, got list"),
+    ({"style": "quixote", "style_mode": "fancy"}, r"unknown style mode 'fancy' \(style_mode\); this server offers: exact, kn, paper"),
+    ({"style": "quixote", "style_mode": 1}, r"style_mode must be a string naming a style mode, got int 1"),
+    ({"style": "quixote", "style_adaptive": "true"}, r"style_adaptive must be 0 or 1 \(or true/false\), got str 'true'"),
+    ({"style": "quixote", "style_adaptive": 2}, r"style_adaptive must be 0 or 1.*got int 2"),
+    ({"style": "quixote", "style_adaptive": 1.0}, r"style_adaptive must be 0 or 1.*got float 1.0"),
+    ({"style": "quixote", "style_loop_guard": 1}, r"style_loop_guard must be 0 \(off\) or an n-gram size 2..8, got 1"),
+    ({"style": "quixote", "style_loop_guard": 9}, r"style_loop_guard must be 0 \(off\) or an n-gram size 2..8, got 9"),
+    ({"style": "quixote", "style_loop_guard": -3}, r"got -3"),
+    ({"style": "quixote", "style_loop_guard": "3"}, r"style_loop_guard must be an integer.*got str '3'"),
+    ({"style": "quixote", "style_loop_guard": 3.0}, r"style_loop_guard must be an integer.*got float 3.0"),
+    ({"style": "quixote", "style_loop_guard": True}, r"style_loop_guard must be an integer.*got bool True"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_inputs(extra, message):
+    with pytest.raises(RequestError, match=message):
+        parse(extra)
+
+
+def test_bad_inputs_have_distinct_messages():
+    messages = []
+    for extra, _ in BAD:
+        with pytest.raises(RequestError) as info:
+            parse(extra)
+        messages.append(str(info.value))
+    assert len(set(messages)) == len(messages)
+    assert issubclass(RequestError, ValueError)  # vLLM maps ValueError from validate_params to HTTP 400
+
+
+def test_module_is_light():
+    """vLLM's API process imports request_args and server_config to validate requests: no torch, no vLLM."""
+    code = ("import sys, vllm_ngram_style.request_args, vllm_ngram_style.server_config; "
+            "bad = [m for m in ('torch', 'vllm', 'numpy', 'triton') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ---- server configuration ------------------------------------------------------------------------
+
+def write(path, data):
+    with open(path, "w") as f:
+        f.write(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def test_config_sources_merge(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    cfile = write(sub / "styles.json", {"ngram_style": {"styles": {"news": "news.stylepack"}, "modes": ["paper"]}})
+    env = write(tmp_path / "env.json", {"styles": {"poe": "/abs/poe.stylepack", "news": str(sub / "news.stylepack")}})
+    cfg = read_config({"ngram_style": {"styles": {"quixote": "packs/q.stylepack"}, "config_file": cfile}},
+                      {ENV_CONFIG: env})
+    assert cfg.styles == {"quixote": str(tmp_path / "packs" / "q.stylepack"),
+                          "news": str(sub / "news.stylepack"),  # relative to the config file's folder
+                          "poe": "/abs/poe.stylepack"}
+    assert cfg.modes == ("paper",)
+    assert cfg.names == ["news", "poe", "quixote"]
+    assert read_config({"ngram_style": {"styles": {"a": "a.stylepack"}}}, {}).modes == ("exact", "paper")
+    assert read_config({}, {}) is None
+    assert read_config({"other_plugin": {}}, {}) is None
+
+
+@pytest.mark.parametrize("additional,message", [
+    ({"ngram_style": []}, r"must be a JSON object, got list"),
+    ({"ngram_style": {"style": {}}}, r"unknown key 'style' \(allowed: styles, modes, config_file\)"),
+    ({"ngram_style": {"styles": ["a"]}}, r"'styles' must be an object"),
+    ({"ngram_style": {"styles": {"a b": "x.stylepack"}}}, r"bad style name 'a b'"),
+    ({"ngram_style": {"styles": {"a": 3}}}, r"style 'a' needs a .stylepack path"),
+    ({"ngram_style": {"styles": {"a": "x"}, "modes": []}}, r"'modes' must be a non-empty list"),
+    ({"ngram_style": {"styles": {"a": "x"}, "modes": ["exact", "exact"]}}, r"distinct mode names"),
+    ({"ngram_style": {"styles": {}}}, r"no styles configured"),
+    ({"ngram_style": {"config_file": "/nonexistent/ns.json"}}, r"config file not found: '/nonexistent/ns.json'"),
+    ({"ngram_style": {"config_file": 5}}, r"'config_file' must be a path"),
+])
+def test_config_errors(additional, message):
+    with pytest.raises(ConfigError, match=message):
+        read_config(additional, {})
+
+
+def test_config_file_errors(tmp_path):
+    bad = write(tmp_path / "bad.json", "{not json")
+    with pytest.raises(ConfigError, match=r"is not valid JSON"):
+        read_config({"ngram_style": {"config_file": bad}}, {})
+    with pytest.raises(ConfigError, match=rf"{ENV_CONFIG}: .*is not valid JSON"):
+        read_config(None, {ENV_CONFIG: bad})
+    with pytest.raises(ConfigError, match=r"is a folder"):
+        read_config(None, {ENV_CONFIG: str(tmp_path)})
+    nested = write(tmp_path / "nested.json", {"styles": {"a": "a.stylepack"}, "config_file": "x.json"})
+    with pytest.raises(ConfigError, match=r"unknown key 'config_file' \(allowed: styles, modes\)"):
+        read_config(None, {ENV_CONFIG: nested})
+    one = write(tmp_path / "one.json", {"styles": {"a": "/p/a.stylepack"}})
+    with pytest.raises(ConfigError, match=r"style 'a' is configured twice with different packs"):
+        read_config({"ngram_style": {"styles": {"a": "/p/other.stylepack"}}}, {ENV_CONFIG: one})
+
+
+class _Params:
+    def __init__(self, extra):
+        self.extra_args = extra
+
+
+def test_validate_sampling_params_uses_env(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_CONFIG, write(tmp_path / "c.json", {"styles": {"quixote": "q.stylepack"}}))
+    assert validate_sampling_params(_Params(None)) is None
+    assert validate_sampling_params(_Params({"style": "quixote"})).style == "quixote"
+    with pytest.raises(RequestError, match="unknown style 'poe'"):
+        validate_sampling_params(_Params({"style": "poe"}))
+    with pytest.raises(RequestError, match=r"unknown style mode 'kn'"):  # kn is not enabled by default
+        validate_sampling_params(_Params({"style": "quixote", "style_mode": "kn"}))
+    monkeypatch.delenv(ENV_CONFIG)
+    with pytest.raises(RequestError, match="not configured on this server"):
+        validate_sampling_params(_Params({"style": "quixote"}))
+    assert validate_sampling_params(_Params({"seed_hint": 1})) is None  # unsteered needs no config
+
+
+def test_validate_finds_caller_vllm_config():
+    """vLLM's InputProcessor calls the classmethod without the config; it is found on the caller."""
+    class _VllmConfig:
+        additional_config = {"ngram_style": {"styles": {"kafka": "/x/kafka.stylepack"}}}
+
+    class _InputProcessor:  # the shape of vLLM's caller: self.vllm_config, calls validate
+        vllm_config = _VllmConfig()
+
+        def check(self, params):
+            return validate_sampling_params(params)
+
+    assert _InputProcessor().check(_Params({"style": "kafka"})).style == "kafka"
+    with pytest.raises(RequestError, match=r"unknown style 'quixote'.*offers: kafka"):
+        _InputProcessor().check(_Params({"style": "quixote"}))

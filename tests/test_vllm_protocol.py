@@ -1,0 +1,329 @@
+"""Both logits-processor adapters driven through vLLM's call protocols, without an engine.
+
+V1: random add / remove / move (unidirectional and swap) sequences, as vLLM's persistent batch
+emits them, with live output lists growing between steps. V2: vLLM's real LogitsProcRequestState
+and LogitsContext dataclasses over small stand-ins for its device buffers, with recycled slots,
+rows reordered every step and partial (chunked) prefills. Every step, every row is checked against
+an independent row-by-row computation (one ReferenceSteering per style x mode, built here);
+unsteered rows must be untouched bit for bit.
+"""
+import os
+import random
+import types
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+
+from vllm_ngram_style.adaptive import adaptive_scale  # noqa: E402
+from vllm_ngram_style.errors import ConfigError  # noqa: E402
+from vllm_ngram_style.loop_guard import capture_banned, guard_banned_tokens, restore_banned  # noqa: E402
+from vllm_ngram_style.modes import compile_style  # noqa: E402
+from vllm_ngram_style.pack import load_pack, save_pack  # noqa: E402
+from vllm_ngram_style.reference_op import ReferenceSteering  # noqa: E402
+from vllm_ngram_style.steering_core import LOOP_GUARD_WINDOW  # noqa: E402
+from vllm_ngram_style.testing.tiny import sample_text  # noqa: E402
+from vllm_ngram_style.train import train_pack  # noqa: E402
+
+pytest.importorskip("vllm")
+
+V = 336  # logits width of the tiny model: wider than the tokenizer's 320 ids
+MODES = ("exact", "paper")
+HAS_KERNEL = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "kernels", "launcher.py"))
+
+
+def train_test_packs(tokenizer_dir, folder):
+    """Two styles counted with the served tokenizer (orders 3 and 4): {name: path}."""
+    out = {}
+    for name, seed, orders in (("alpha", 1, 3), ("beta", 2, 4)):
+        text = folder / f"{name}.txt"
+        text.write_text(sample_text(300, seed=seed))
+        pack, _ = train_pack(tokenizer_dir, [str(text)], orders=orders, name=name, progress=False)
+        save_pack(pack, str(folder / f"{name}.stylepack"))
+        out[name] = str(folder / f"{name}.stylepack")
+    return out
+
+
+@pytest.fixture(scope="module")
+def packs(tiny_tokenizer_dir, tmp_path_factory):
+    return train_test_packs(tiny_tokenizer_dir, tmp_path_factory.mktemp("packs"))
+
+
+def fake_vllm_config(tokenizer_dir, packs, speculative=None):
+    """The attributes of VllmConfig that the processors read."""
+    model = types.SimpleNamespace(tokenizer=tokenizer_dir, model=tokenizer_dir, tokenizer_revision=None,
+                                  trust_remote_code=False)
+    return types.SimpleNamespace(additional_config={"ngram_style": {"styles": dict(packs)}},
+                                 speculative_config=speculative, model_config=model)
+
+
+class Oracle:
+    """Row-by-row expected logits, built independently of the steering core's variant numbering."""
+
+    def __init__(self, packs):
+        loaded = {name: load_pack(path) for name, path in packs.items()}
+        self.ref = {(s, m): ReferenceSteering([compile_style(p, m, name=s)]) for s, p in loaded.items() for m in MODES}
+        self.max_order = max(p.orders for p in loaded.values())
+
+    def row(self, logits_row, extra, tokens, generated):
+        """logits_row [V]; extra: the request's extra_args; tokens: prompt + output so far;
+        generated: output tokens only. -> expected row."""
+        out = logits_row.clone()[None]  # [1, V]
+        if not extra or not extra.get("style") or extra.get("style_strength", 0.3) == 0:
+            return out[0]
+        ref = self.ref[(extra["style"], extra.get("style_mode", "exact"))]
+        m = ref.max_order - 1
+        ctx = ([-1] * m + list(tokens))[len(tokens):] if m else []  # the last m tokens, -1 padded
+        strength = torch.tensor([extra.get("style_strength", 0.3)], dtype=torch.float32)
+        if extra.get("style_adaptive"):
+            strength = strength * adaptive_scale(out)
+        g = extra.get("style_loop_guard", 0)
+        if g:
+            w = LOOP_GUARD_WINDOW
+            hist = torch.tensor([([-1] * w + list(generated))[-w:]], dtype=torch.int64)
+            banned = guard_banned_tokens(hist, g)
+            before = capture_banned(out, banned)
+        ref.apply(out, torch.tensor([0]), strength, torch.tensor([ctx], dtype=torch.int64).reshape(1, m))
+        if g:
+            restore_banned(out, banned, before)
+        return out[0]
+
+
+def random_extra(rng, styles):
+    r = rng.random()
+    if r < 0.25:
+        return None  # unsteered
+    if r < 0.3:
+        return {"style": rng.choice(styles), "style_strength": 0.0}  # exactly unsteered
+    extra = {"style": rng.choice(styles), "style_strength": rng.choice([0.05, 0.3, 1.0, 2.5])}
+    if rng.random() < 0.5:
+        extra["style_mode"] = rng.choice(MODES)
+    if rng.random() < 0.3:
+        extra["style_adaptive"] = 1
+    if rng.random() < 0.4:
+        extra["style_loop_guard"] = rng.choice([2, 3, 5])
+    return extra
+
+
+def repetitive_tokens(rng, n):
+    """Token streams with loops in them, so the loop guard has something to ban."""
+    base = [rng.randrange(3, 320) for _ in range(rng.randint(1, 4))]
+    return [base[i % len(base)] if rng.random() < 0.7 else rng.randrange(3, 320) for i in range(n)]
+
+
+# ---- V1 -----------------------------------------------------------------------------------------------
+
+def test_v1_random_batch_updates(tiny_tokenizer_dir, packs):
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor
+
+    proc = NgramStyleLogitsProcessor(fake_vllm_config(tiny_tokenizer_dir, packs), torch.device("cpu"), False)
+    assert proc.is_argmax_invariant() is False
+    oracle = Oracle(packs)
+    rng = random.Random(0)
+    batch = []  # index -> (extra, prompt list, live output list); contiguous like vLLM's persistent batch
+    assert proc.apply(torch.zeros(0, V)) is not None
+    checked = steered_rows = moves = swaps = 0
+    for step in range(80):
+        removed, added, moved = [], [], []
+        for i in sorted(rng.sample(range(len(batch)), k=min(len(batch), rng.randint(0, 2))), reverse=True):
+            removed.append(i)
+            batch[i] = None
+        for _ in range(rng.randint(0, 3) if len(batch) < 12 else 0):
+            extra = random_extra(rng, ["alpha", "beta"])
+            prompt = repetitive_tokens(rng, rng.randint(1, 12))  # some shorter than the context
+            req = (extra, prompt, [])
+            hole = next((i for i, r in enumerate(batch) if r is None), None)
+            if hole is None:
+                batch.append(req)
+                hole = len(batch) - 1
+            else:
+                batch[hole] = req
+                removed.remove(hole)  # vLLM pops a reused index from `removed`
+            added.append((hole, SamplingParams(extra_args=extra), prompt, req[2]))
+        while batch and batch[-1] is None:
+            batch.pop()
+        i = 0
+        while i < len(batch):  # condense: move the last request into each hole
+            if batch[i] is None:
+                last = len(batch) - 1
+                batch[i], batch[last] = batch[last], None
+                moved.append((last, i, MoveDirectionality.UNIDIRECTIONAL))
+                moves += 1
+                while batch and batch[-1] is None:
+                    batch.pop()
+            i += 1
+        if len(batch) >= 2 and rng.random() < 0.5:
+            a, b = rng.sample(range(len(batch)), 2)
+            batch[a], batch[b] = batch[b], batch[a]
+            moved.append((a, b, MoveDirectionality.SWAP))
+            swaps += 1
+        update = BatchUpdate(len(batch), removed, added, moved) if (removed or added or moved) else None
+        proc.update_state(update)
+        for _, prompt, out in batch:  # the engine appends each sampled token to the live lists
+            if rng.random() < 0.9:  # mostly repeats of recent tokens: loops for the loop guard
+                out.append(rng.randrange(3, 320) if rng.random() < 0.3 else rng.choice((prompt + out)[-4:]))
+        logits = torch.randn(len(batch), V) * 3
+        original = logits.clone()
+        result = proc.apply(logits)
+        for i, (extra, prompt, out) in enumerate(batch):
+            expect = oracle.row(original[i], extra, prompt + out, out)
+            assert torch.equal(result[i], expect), f"step {step} row {i} extra {extra}"
+            if torch.equal(expect, original[i]):
+                assert torch.equal(result[i].view(torch.int32), original[i].view(torch.int32))
+            else:
+                steered_rows += 1
+            checked += 1
+    assert checked > 300 and steered_rows > 150 and moves > 10 and swaps > 10
+
+
+def test_v1_refuses_speculative_decoding(tiny_tokenizer_dir, packs):
+    from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor
+
+    with pytest.raises(ConfigError, match="does not support speculative decoding"):
+        NgramStyleLogitsProcessor(fake_vllm_config(tiny_tokenizer_dir, packs, speculative=object()), "cpu", False)
+
+
+def test_engine_start_errors(tiny_tokenizer_dir, packs, tmp_path):
+    from vllm_ngram_style.testing.tiny import build_tiny_tokenizer
+    from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor
+
+    other = build_tiny_tokenizer(str(tmp_path / "other_tok"), vocab_size=300)
+    with pytest.raises(ConfigError, match=r"style 'alpha': style pack 'alpha' was trained with another tokenizer"):
+        NgramStyleLogitsProcessor(fake_vllm_config(other, packs), "cpu", False)
+    with pytest.raises(ConfigError, match=r"style 'gone': style pack not found"):
+        NgramStyleLogitsProcessor(fake_vllm_config(tiny_tokenizer_dir, {"gone": str(tmp_path / "x.stylepack")}),
+                                  "cpu", False)
+    cfg = fake_vllm_config(tiny_tokenizer_dir, packs)
+    cfg.additional_config = {}
+    with pytest.raises(ConfigError, match="no styles are configured"):
+        NgramStyleLogitsProcessor(cfg, "cpu", False)
+    cfg.additional_config = {"ngram_style": {"styles": dict(packs), "modes": ["exact", "fancy"]}}
+    with pytest.raises(ConfigError, match=r"modes \['exact', 'fancy'\]: unknown style mode 'fancy'"):
+        NgramStyleLogitsProcessor(cfg, "cpu", False)
+
+
+# ---- V2 -----------------------------------------------------------------------------------------------
+
+class _DeviceBuffer:
+    """Stand-in for vLLM's StagedWriteTensor / UvaBackedTensor: the processor only reads .gpu."""
+
+    def __init__(self, tensor):
+        self.gpu = tensor
+        self.np = tensor.numpy()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_v2_protocol(tiny_tokenizer_dir, packs, backend, monkeypatch):
+    """70 steps on the reference op; 25 on the Triton kernel (run by its interpreter on CPU: slow)."""
+    if backend == "triton" and not HAS_KERNEL:
+        pytest.skip("the Triton kernel (kernels/launcher.py) has not landed")
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+
+    from vllm_ngram_style.vllm_v2 import NgramStyleLogitsProcessorV2
+
+    monkeypatch.setenv("VLLM_NGRAM_STYLE_BACKEND", backend)
+    S, L = 10, 96  # noqa: N806  slots, max model length
+    all_ids = torch.full((S, L), -7, dtype=torch.int32)  # garbage beyond total_len, as in vLLM
+    prompt_len = torch.zeros(S, dtype=torch.int32)
+    total_len = torch.zeros(S, dtype=torch.int32)
+    rs = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=S, vocab_size=V,
+                                all_token_ids=_DeviceBuffer(all_ids), prompt_len=_DeviceBuffer(prompt_len),
+                                prefill_len=_DeviceBuffer(prompt_len.clone()), total_len=_DeviceBuffer(total_len))
+    proc = NgramStyleLogitsProcessorV2(fake_vllm_config(tiny_tokenizer_dir, packs), rs)
+    assert proc.core.backend == backend
+    oracle = Oracle(packs)
+    rng = random.Random(1)
+    live = {}  # slot -> [extra, prefill_done (tokens computed so far)]
+    free = list(range(S))
+    checked = steered_rows = partial_rows = 0
+    for step in range(70 if backend == "reference" else 25):
+        for slot in [s for s in live if rng.random() < 0.15 or total_len[s] >= L - 1]:
+            del live[slot]  # finished: no hook; the slot is recycled later with new params
+            free.append(slot)
+        rng.shuffle(free)
+        for _ in range(rng.randint(0, 3)):
+            if not free:
+                break
+            slot = free.pop()
+            extra = random_extra(rng, ["alpha", "beta"])
+            prompt = repetitive_tokens(rng, rng.randint(1, 20))
+            all_ids[slot, :len(prompt)] = torch.tensor(prompt, dtype=torch.int32)
+            prompt_len[slot] = total_len[slot] = len(prompt)
+            needs = proc.add_request(slot, SamplingParams(extra_args=extra))
+            assert needs == bool(extra and extra.get("style_strength", 0.3) != 0)
+            live[slot] = [extra, rng.randint(1, len(prompt))]  # a chunked prefill may stop short
+        proc.apply_staged_writes()
+        if not live:
+            continue
+        slots = list(live)
+        rng.shuffle(slots)  # rows are reordered every step
+        pos = []
+        for s in slots:
+            done = live[s][1]
+            pos.append(done - 1 if done < total_len[s] else int(total_len[s]) - 1)  # newest known token
+            partial_rows += done < total_len[s]
+        r = len(slots)
+        row_slot = torch.tensor(slots, dtype=torch.int32)
+        pos_t = torch.tensor(pos, dtype=torch.int64)
+        ctx = LogitsContext(expanded_idx_mapping=row_slot, idx_mapping=row_slot, idx_mapping_np=np.array(slots),
+                            expanded_local_pos=torch.zeros(r, dtype=torch.int32),
+                            input_ids=all_ids[row_slot.long(), pos_t], pos=pos_t,
+                            seq_lens_upper_bound_np=np.array(pos) + 1)
+        logits = torch.randn(r, V) * 3
+        original = logits.clone()
+        result = proc.apply(logits, ctx)
+        for i, s in enumerate(slots):
+            tokens = all_ids[s, :pos[i] + 1].tolist()
+            generated = all_ids[s, prompt_len[s]:pos[i] + 1].tolist()
+            expect = oracle.row(original[i], live[s][0], tokens, generated)
+            if backend == "reference":
+                assert torch.equal(result[i], expect), f"step {step} slot {s}"
+            else:  # the kernel sums in another order: float32 rounding only
+                torch.testing.assert_close(result[i], expect, rtol=1e-5, atol=1e-4)
+            if torch.equal(expect, original[i]):
+                assert torch.equal(result[i].view(torch.int32), original[i].view(torch.int32))
+            else:
+                steered_rows += 1
+            checked += 1
+        for s in slots:  # sample: a finished prefill appends one token; a partial one advances
+            if live[s][1] < total_len[s]:
+                live[s][1] = min(int(total_len[s]), live[s][1] + rng.randint(1, 8))
+            else:
+                tok = rng.randrange(3, 320) if rng.random() < 0.3 else int(all_ids[s, total_len[s] - 1])
+                all_ids[s, total_len[s]] = tok
+                total_len[s] += 1
+                live[s][1] = int(total_len[s])
+    assert checked > (250 if backend == "reference" else 60) and steered_rows > checked // 3 and partial_rows > 5
+
+
+def test_v2_skips_unsteered_batches_without_work(tiny_tokenizer_dir, packs):
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+
+    from vllm_ngram_style.vllm_v2 import NgramStyleLogitsProcessorV2
+
+    ids = torch.zeros(4, 8, dtype=torch.int32)
+    rs = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=4, vocab_size=V,
+                                all_token_ids=_DeviceBuffer(ids), prompt_len=None, prefill_len=None, total_len=None)
+    proc = NgramStyleLogitsProcessorV2(fake_vllm_config(tiny_tokenizer_dir, packs), rs)
+    assert proc.add_request(0, SamplingParams()) is False
+    assert proc.add_request(1, SamplingParams(extra_args={"style": "alpha"})) is True
+    assert proc.add_request(1, SamplingParams(extra_args={"style": "alpha", "style_strength": 0})) is False
+    proc.apply_staged_writes()
+
+    class _Poison:  # any touch of the device-side context would raise
+        def __getattr__(self, name):
+            raise AssertionError(f"touched ctx.{name}")
+
+    ctx = LogitsContext(expanded_idx_mapping=_Poison(), idx_mapping=_Poison(), idx_mapping_np=np.array([1, 0]),
+                        expanded_local_pos=_Poison(), input_ids=_Poison(), pos=_Poison(),
+                        seq_lens_upper_bound_np=np.array([1, 1]))
+    logits = torch.randn(2, V)
+    assert proc.apply(logits, ctx) is logits

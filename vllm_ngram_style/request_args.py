@@ -1,0 +1,134 @@
+"""Per-request style arguments: parsing and validation of ``SamplingParams.extra_args``.
+
+This module is imported by vLLM's API process (through ``validate_params``), so it must stay
+light: no torch, no vLLM, no packs. Everything it needs to know about the server (the configured
+style names and modes) is passed in.
+
+Request extras (OpenAI: ``"vllm_xargs": {...}``; offline: ``SamplingParams(extra_args={...})``):
+
+    style             configured style name; absent = the request is not steered
+    style_strength    lambda, a finite number, 0 <= lambda <= MAX_STRENGTH (default DEFAULT_STRENGTH)
+    style_mode        one of the server's modes, e.g. "exact" (default) or "paper"
+    style_adaptive    0 or 1: scale lambda by the model's normalised entropy at each step
+    style_loop_guard  0 (off) or an n-gram size 2..8: no boost for a token that would repeat an
+                      n-gram of the request's own recent output
+
+Every bad value raises RequestError (a ValueError, so vLLM answers HTTP 400 with the message).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .errors import RequestError
+
+KEY_STYLE = "style"
+KEY_STRENGTH = "style_strength"
+KEY_MODE = "style_mode"
+KEY_ADAPTIVE = "style_adaptive"
+KEY_LOOP_GUARD = "style_loop_guard"
+KNOWN_KEYS = (KEY_STYLE, KEY_STRENGTH, KEY_MODE, KEY_ADAPTIVE, KEY_LOOP_GUARD)
+
+# In exact mode a context seen once adds w_n * log(1 + 1/k) ~ 6.9 w_n per order (k = 1e-3), so
+# lambda = 0.3 moves a style continuation by about 2 logits: clearly steered, still fluent. The
+# paper reports collapse above lambda ~ 0.6 (paper mode) with lambda in [0, 1]; entropy-adaptive
+# strength makes larger values usable, so the cap is 5: beyond it the prior alone decides.
+DEFAULT_STRENGTH = 0.3
+MAX_STRENGTH = 5.0
+DEFAULT_MODE = "exact"
+MIN_LOOP_GUARD, MAX_LOOP_GUARD = 2, 8
+
+
+@dataclass(frozen=True)
+class StyleRequest:
+    """One request's validated style arguments."""
+
+    style: str
+    strength: float = DEFAULT_STRENGTH
+    mode: str = DEFAULT_MODE
+    adaptive: bool = False
+    loop_guard: int = 0  # 0 = off, else the n-gram size
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass; a strength of True is a client bug, not 1.0.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _strength(value: Any) -> float:
+    if not _is_number(value):
+        raise RequestError(f"{KEY_STRENGTH} must be a number, got {type(value).__name__} {value!r}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise RequestError(f"{KEY_STRENGTH} must be a finite number, got {value!r}")
+    if not 0.0 <= x <= MAX_STRENGTH:
+        raise RequestError(f"{KEY_STRENGTH} must be between 0 and {MAX_STRENGTH:g}, got {value!r}")
+    return x
+
+
+def _switch(value: Any) -> bool:
+    # JSON true arrives as 1 through vllm_xargs, so 0/1 is the wire form; Python bools are the
+    # offline form. Strings such as "true" are rejected: they are ambiguous ("false" is truthy).
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise RequestError(f"{KEY_ADAPTIVE} must be 0 or 1 (or true/false), got {type(value).__name__} {value!r}")
+
+
+def _loop_guard(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{KEY_LOOP_GUARD} must be an integer (0 = off, or an n-gram size "
+                           f"{MIN_LOOP_GUARD}..{MAX_LOOP_GUARD}), got {type(value).__name__} {value!r}")
+    if value != 0 and not MIN_LOOP_GUARD <= value <= MAX_LOOP_GUARD:
+        raise RequestError(f"{KEY_LOOP_GUARD} must be 0 (off) or an n-gram size "
+                           f"{MIN_LOOP_GUARD}..{MAX_LOOP_GUARD}, got {value!r}")
+    return value
+
+
+def _choice(key: str, value: Any, allowed: Sequence[str], what: str) -> str:
+    listing = ", ".join(sorted(allowed)) or "(none configured)"
+    if not isinstance(value, str):
+        raise RequestError(f"{key} must be a string naming a {what}, got {type(value).__name__} {value!r}; "
+                           f"this server offers: {listing}")
+    if value not in allowed:
+        raise RequestError(f"unknown {what} {value!r} ({key}); this server offers: {listing}")
+    return value
+
+
+def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[str],
+                       modes: Sequence[str] = (DEFAULT_MODE,)) -> StyleRequest | None:
+    """Validate a request's extras against the server's styles and modes.
+
+    Returns None for an unsteered request (no ``style`` key), else the parsed arguments. Keys
+    that do not start with ``style`` belong to other features and are ignored.
+    """
+    if not extra_args:
+        return None
+    ours = {k: v for k, v in extra_args.items() if isinstance(k, str) and (k == KEY_STYLE or k.startswith("style_"))}
+    if not ours:
+        return None
+    unknown = sorted(k for k in ours if k not in KNOWN_KEYS)
+    if unknown:
+        raise RequestError(f"unknown style argument{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_KEYS)}")
+    if KEY_STYLE not in ours:
+        raise RequestError(f"{', '.join(sorted(ours))} given without {KEY_STYLE!r}; name a style "
+                           f"(one of: {', '.join(sorted(styles)) or '(none configured)'})")
+    style = _choice(KEY_STYLE, ours[KEY_STYLE], styles, "style")
+    return StyleRequest(
+        style=style,
+        strength=_strength(ours[KEY_STRENGTH]) if KEY_STRENGTH in ours else DEFAULT_STRENGTH,
+        mode=_choice(KEY_MODE, ours[KEY_MODE], modes, "style mode") if KEY_MODE in ours else _default_mode(modes),
+        adaptive=_switch(ours[KEY_ADAPTIVE]) if KEY_ADAPTIVE in ours else False,
+        loop_guard=_loop_guard(ours[KEY_LOOP_GUARD]) if KEY_LOOP_GUARD in ours else 0,
+    )
+
+
+def _default_mode(modes: Sequence[str]) -> str:
+    if DEFAULT_MODE in modes:
+        return DEFAULT_MODE
+    if not modes:
+        raise RequestError("this server has no style modes enabled")
+    return modes[0]  # an operator who disabled "exact" chose their own first mode as the default

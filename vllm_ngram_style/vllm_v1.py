@@ -1,0 +1,114 @@
+"""vLLM V1 logits-processor interface (the CPU backend; GPU with VLLM_USE_V2_MODEL_RUNNER=0).
+
+    --logits-processors vllm_ngram_style.vllm_v1:NgramStyleLogitsProcessor
+
+A thin adapter: it tracks which persistent-batch rows are steered (from BatchUpdate) and, in
+apply(), reads each steered row's last tokens from the live prompt/output lists and hands a
+compact sub-batch to the shared SteeringCore. Token history is read in apply(), never cached in
+update_state(): under async scheduling the newest entry is a -1 placeholder until just before
+apply() (vLLM issue #52461).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from .request_args import StyleRequest
+from .server_config import validate_sampling_params
+from .steering_core import LOOP_GUARD_WINDOW, build_core, parse_in_engine
+
+
+@dataclass
+class _Row:
+    variant: int
+    req: StyleRequest
+    prompt: list | None  # prompt token ids (vLLM's list, never copied)
+    output: list  # live list of generated ids; vLLM appends to it
+
+
+def _last(prompt, output, n: int) -> list:
+    """The last n tokens of prompt + output, left-padded with -1."""
+    if n == 0:
+        return []
+    tail = list(output[-n:])
+    need = n - len(tail)
+    if need > 0 and prompt:
+        tail = list(prompt[-need:]) + tail
+    return [-1] * (n - len(tail)) + tail
+
+
+class NgramStyleLogitsProcessor(LogitsProcessor):
+    """Batched n-gram style steering for vLLM's V1 sampler."""
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        self.core, self.cfg = build_core(vllm_config, device)
+        self.device = torch.device(device)
+        self.rows: dict[int, _Row] = {}  # persistent-batch index -> steered request
+        self._cached = None  # per-row tensors of the steered rows, rebuilt when the batch changes
+
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        validate_sampling_params(sampling_params)
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # steering changes greedy choices
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, prompt, output in batch_update.added:
+            req = parse_in_engine(params, self.cfg)
+            if req is None:
+                self.rows.pop(index, None)
+            else:
+                self.rows[index] = _Row(self.core.variant_id(req.style, req.mode), req, prompt, output)
+        for a, b, direction in batch_update.moved:
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if rb is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = rb
+        self._cached = None
+
+    def _row_tensors(self):
+        if self._cached is None:
+            idx = sorted(self.rows)
+            rows = [self.rows[i] for i in idx]
+            sizes = sorted({r.req.loop_guard for r in rows if r.req.loop_guard})
+            adaptive = any(r.req.adaptive for r in rows)
+            dev = self.device
+            self._cached = (
+                idx, rows,
+                torch.tensor(idx, dtype=torch.int64, device=dev),  # [S] batch rows
+                torch.tensor([r.variant for r in rows], dtype=torch.int64, device=dev),  # [S]
+                torch.tensor([r.req.strength for r in rows], dtype=torch.float32, device=dev),  # [S]
+                torch.tensor([r.req.adaptive for r in rows], dtype=torch.bool, device=dev) if adaptive else None,
+                torch.tensor([r.req.loop_guard for r in rows], dtype=torch.int32, device=dev) if sizes else None,
+                sizes,
+            )
+        return self._cached
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits  # zero cost when nothing is steered
+        idx, rows, index, variant, strength, adaptive, guard, sizes = self._row_tensors()
+        n = self.core.context_len
+        # Read the history now: the live lists are complete (placeholders patched) only here.
+        context = torch.tensor([_last(r.prompt, r.output, n) for r in rows], dtype=torch.int64).reshape(len(rows), n)
+        history = None
+        if sizes:
+            w = LOOP_GUARD_WINDOW
+            history = torch.tensor([[-1] * (w - len(r.output[-w:])) + list(r.output[-w:]) for r in rows],
+                                   dtype=torch.int64).to(self.device)
+        context = context.to(self.device)
+        if len(idx) == logits.shape[0] and idx[-1] == len(idx) - 1:
+            sub = logits  # every row steered: edit in place, no gather
+            return self.core.apply(sub, variant, strength, context, adaptive, guard, sizes, history)
+        sub = logits.index_select(0, index)  # [S, V] copy of the steered rows
+        self.core.apply(sub, variant, strength, context, adaptive, guard, sizes, history)
+        logits.index_copy_(0, index, sub)  # unsteered rows are never written
+        return logits
