@@ -141,8 +141,11 @@ def _steer_rows(
                     match = inb & ((w0 >> SB) == key0)  # empty slots (-1) never match: keys are >= 0
                     for w in tl.static_range(1, MAXW):
                         q = tl.reduce(tl.where(word == w, parts, 0), 0, _SUM)
-                        ww = tl.load(blob_ptr + slot_base + pos * n_words + w, mask=inb & (w < n_words), other=0)
-                        match = match & ((ww == q) | (w >= n_words))
+                        # Orders with fewer words skip word w. (A vector compare: the interpreter mishandles
+                        # vector & scalar masks.)
+                        has_w = lanes + w < lanes + n_words
+                        ww = tl.load(blob_ptr + slot_base + pos * n_words + w, mask=inb & has_w, other=0)
+                        match = match & ((ww == q) | ~has_w)
                     hit = tl.reduce(match.to(tl.int32), 0, _MAX)
                     found = tl.where(hit > 0, tl.reduce(tl.where(match, w0 & ((1 << SB) - 1), 0), 0, _SUM), found)
                     ended = tl.reduce(((w0 < 0) | (pos >= total)).to(tl.int32), 0, _MAX)  # an empty slot ends the run
