@@ -339,3 +339,22 @@ def test_inconsistent_backoff_tables_are_rejected(tmp_path):
     save_pack(pack, path)
     assert load_pack(path).backoff is not None
     os.remove(path)
+
+
+def test_cli_train_kneser_ney_and_info(tmp_path, tiny_tokenizer_dir, capsys):
+    import json
+
+    from vllm_ngram_style.cli import main
+    from vllm_ngram_style.testing.tiny import sample_text
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(sample_text(60, seed=1))
+    out = str(tmp_path / "kn.stylepack")
+    assert main(["train", "--tokenizer", tiny_tokenizer_dir, "--corpus", str(corpus), "--out", out,
+                 "--orders", "5", "--kneser-ney", "--quiet"]) == 0
+    pack = load_pack(out)
+    assert pack.backoff is not None and pack.backoff.max_order == 5
+    capsys.readouterr()
+    assert main(["info", out]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["backoff"]["kind"] == "kneser-ney" and len(meta["backoff"]["info"]["discounts"]) == 5

@@ -98,13 +98,13 @@ def train_pack(tokenizer_dir: str, corpus_paths: list[str], orders: int = 3, top
     with tqdm(total=total, desc="counting", unit="tok", unit_scale=True, disable=not progress) as bar:
         counter, counts = count_full(encoded, vocab, orders, bar)
     tables = [build_top_k_table(c, top_k) for c in counts]
+    t2 = time.perf_counter()
     backoff = None
-    if kneser_ney:
+    if kneser_ney:  # after t2: the summary's counting speed stays the counting speed
         from .kneser_ney import estimate_kneser_ney
 
         backoff = estimate_kneser_ney(counts, vocab, top_k)
     del counts
-    t2 = time.perf_counter()
     corpus_meta = {"files": [os.path.basename(p) for p in corpus_paths], "documents": counter.documents,
                    "tokens": counter.tokens, "split": split}
     pack = StylePack(tables, counter.unigram_counts, vocab, tokenizer_fingerprint(tok), smoothing_k, top_k,
