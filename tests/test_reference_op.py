@@ -31,7 +31,7 @@ def random_histories(rng, docs, rows, max_order, vocab):
 def context_tensor(hist, max_order):
     ctx = torch.full((len(hist), max_order - 1), -1, dtype=torch.int64)
     for r, h in enumerate(hist):
-        h = h[len(h) - (max_order - 1):] if max_order > 1 else []
+        h = h[max(0, len(h) - (max_order - 1)):] if max_order > 1 else []
         if h:
             ctx[r, ctx.shape[1] - len(h):] = torch.tensor(h)
     return ctx
