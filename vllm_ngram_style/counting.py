@@ -8,6 +8,8 @@ boundary.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +110,7 @@ class NgramCounter:
         self._pending_rows = {n: 0 for n in range(2, max_order + 1)}
         self._merged_rows = {n: 0 for n in range(2, max_order + 1)}
         self._buffer: list[np.ndarray] = []
+        self._executor: ThreadPoolExecutor | None = None
         self._buffered = 0
         self.tokens = 0
         self.documents = 0
@@ -137,6 +140,7 @@ class NgramCounter:
         positions = np.arange(stream.size, dtype=np.int64)  # [T]
         per_word = 63 // self.bits
         rolling = stream.astype(np.int64)  # [T - n + 1] after step n: n-grams packed into one word
+        jobs = []
         for n in range(2, self.max_order + 1):
             m = stream.size - n + 1
             if m <= 0:
@@ -149,14 +153,23 @@ class NgramCounter:
                 starts = positions[:m][valid]
                 grams = np.stack([stream[starts + j] for j in range(n)], axis=1)  # [M, n]
                 keys = pack_keys(grams, self.bits)  # [M, W]
-            if keys.shape[0] == 0:
-                continue
-            keys, counts = reduce_keys(keys, None)
-            self._pending[n].append((keys, counts))
-            self._pending_rows[n] += keys.shape[0]
-            # Merge when the pending partials outgrow what is already merged: amortised O(U log U).
-            if len(self._pending[n]) > 1 and self._pending_rows[n] > max(self.chunk_tokens, 2 * self._merged_rows[n]):
-                self._merge(n)
+            if keys.shape[0]:
+                jobs.append((n, keys))
+        # numpy's sorts release the GIL, so the orders count in parallel threads.
+        list(self._pool().map(lambda job: self._add_partial(*job), jobs))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, self.max_order - 1)))
+        return self._executor
+
+    def _add_partial(self, n: int, keys: np.ndarray) -> None:
+        keys, counts = reduce_keys(keys, None)
+        self._pending[n].append((keys, counts))
+        self._pending_rows[n] += keys.shape[0]
+        # Merge when the pending partials outgrow what is already merged: amortised O(U log U).
+        if len(self._pending[n]) > 1 and self._pending_rows[n] > max(self.chunk_tokens, 2 * self._merged_rows[n]):
+            self._merge(n)
 
     def _merge(self, n: int) -> None:
         parts = self._pending[n]
@@ -171,14 +184,17 @@ class NgramCounter:
         """Counts per order, index 0 holding order 1 (as [V, 1] ids with zero counts dropped)."""
         self._flush()
         uni_ids = np.flatnonzero(self.unigram_counts).astype(np.int32)
-        result = [OrderCounts(1, uni_ids[:, None], self.unigram_counts[uni_ids])]
-        for n in range(2, self.max_order + 1):
+        def final(n: int) -> OrderCounts:
             if not self._pending[n]:
-                result.append(OrderCounts(n, np.zeros((0, n), np.int32), np.zeros(0, np.int64)))
-                continue
+                return OrderCounts(n, np.zeros((0, n), np.int32), np.zeros(0, np.int64))
             self._merge(n)
             keys, counts = self._pending[n][0]
-            result.append(OrderCounts(n, unpack_keys(keys, n, self.bits), counts))
+            return OrderCounts(n, unpack_keys(keys, n, self.bits), counts)
+
+        result = [OrderCounts(1, uni_ids[:, None], self.unigram_counts[uni_ids])]
+        result += list(self._pool().map(final, range(2, self.max_order + 1)))
+        self._executor.shutdown()
+        self._executor = None
         return result
 
 
@@ -231,3 +247,9 @@ def build_top_k_table(counts: OrderCounts, top_k: int) -> OrderTable:
     offsets[1:] = np.cumsum(np.bincount(kept_ctx, minlength=ctx_starts.size))
     return OrderTable(n, ctx[ctx_starts].astype(np.int32), totals.astype(np.int64), offsets,
                       grams[keep, -1].astype(np.int32), cnt[keep].astype(np.int64), int(grams.shape[0]))
+
+
+def build_top_k_tables(counts: list[OrderCounts], top_k: int) -> list[OrderTable]:
+    """build_top_k_table for every order, in parallel threads (numpy releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(counts)))) as pool:
+        return list(pool.map(lambda c: build_top_k_table(c, top_k), counts))

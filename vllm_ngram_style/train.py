@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .corpus import iter_corpus_documents
-from .counting import MAX_ORDER, NgramCounter, build_top_k_table
+from .counting import MAX_ORDER, NgramCounter, build_top_k_tables
 from .errors import CorpusError, StylePackError
 from .pack import DEFAULT_SMOOTHING_K, DEFAULT_TOP_K, StylePack, default_weights
 from .tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_vocab_size
@@ -65,7 +65,7 @@ def count_full(docs, vocab_size: int, orders: int, progress=None):
 def count_token_documents(docs, vocab_size: int, orders: int, top_k: int, progress=None):
     """Count already tokenised documents (iterables of ids) into top-K tables."""
     counter, counts = count_full(docs, vocab_size, orders, progress)
-    tables = [build_top_k_table(c, top_k) for c in counts]
+    tables = build_top_k_tables(counts, top_k)
     return counter, tables
 
 
@@ -97,7 +97,7 @@ def train_pack(tokenizer_dir: str, corpus_paths: list[str], orders: int = 3, top
     total = sum(e.size for e in encoded)
     with tqdm(total=total, desc="counting", unit="tok", unit_scale=True, disable=not progress) as bar:
         counter, counts = count_full(encoded, vocab, orders, bar)
-    tables = [build_top_k_table(c, top_k) for c in counts]
+    tables = build_top_k_tables(counts, top_k)
     t2 = time.perf_counter()
     backoff = None
     if kneser_ney:  # after t2: the summary's counting speed stays the counting speed
