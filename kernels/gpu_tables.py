@@ -18,6 +18,7 @@ packed into W_n words; the word-0 low SB bits hold the context's first entry ind
 separate value array. Field placement (age a = 0 is the newest token, right before the predicted one):
   word 0:  bits [0, SB) start | [SB, SB+VB) variant | token of age a < K0 at SB + VB + a*TB
   word w>0: token of age a >= K0 with w = 1 + (a-K0)//KW at ((a-K0) % KW) * TB
+The header carries these widths (H_TB ...), so the kernel reads them at run time.
 Every word keeps bit 63 clear, so an empty slot (word 0 = -1) never equals a key. Lookups compare
 the FULL key (all words, start masked off): a hash collision can never apply a wrong prior.
 Slots are filled by linear probing without wrap-around (keys placed in order of their home slot),
@@ -47,7 +48,13 @@ LAST_FLAG = 1 << 31  # on an entry's token field: this is the final entry of its
 H_NUM_ENTRIES = 0  # E
 H_ENT_BASE = 1  # blob index of entries[0]
 H_UNI_BASE = 2  # blob index of the unigram start array
-HEADER_WORDS = 4  # (word 3 unused)
+H_NUM_VARIANTS = 3
+H_TB = 4  # key layout (KeyLayout): token bits, variant bits, start bits, tokens in word 0, tokens per word
+H_VB = 5
+H_SB = 6
+H_K0 = 7
+H_KW = 8
+HEADER_WORDS = 9
 # Per order n >= 2, at HEADER_WORDS + ORDER_FIELDS * (n - 2):
 O_SLOT_BASE = 0  # blob index of slot 0, word 0
 O_HOME_RANGE = 1  # homes fall in [0, home_range); 0 = no contexts of this order
@@ -202,11 +209,10 @@ class GpuTables:
         return self.table_bytes / max(1, self.num_entries)
 
     def constexprs(self) -> dict:
-        """Kernel compile-time constants (they fix the key layout and the loop shapes)."""
+        """Kernel compile-time constants: loop shapes only (the key layout is read from the header), so
+        one compiled kernel serves every table set with the same max order, key words and probe width."""
         lay = self.layout
         return dict(MAX_ORDER=self.max_order, CTX_BLOCK=_next_pow2(max(1, self.max_order - 1)),
-                    NUM_VARIANTS=self.num_variants, TB=lay.token_bits, VB=lay.variant_bits, SB=lay.start_bits,
-                    K0=lay.tokens_in_word0, KW=lay.tokens_per_word,
                     MAXW=max([lay.words(n - 1) for n in range(2, self.max_order + 1)], default=1),
                     PROBE=self.probe)
 
@@ -227,8 +233,12 @@ def _bits(x: int) -> int:
 
 
 def build_tables(variants: list[CompiledStyle], device=None, load_factor: float = DEFAULT_LOAD_FACTOR,
-                 probe: int = DEFAULT_PROBE, seeds: int = 4) -> GpuTables:
-    """Build the flat table buffer for ``variants`` (variant id = list index); copy it to ``device``."""
+                 probe: int = DEFAULT_PROBE, seeds: int = 4, max_home_range: int | None = None) -> GpuTables:
+    """Build the flat table buffer for ``variants`` (variant id = list index); copy it to ``device``.
+
+    max_home_range (tests only): cap the home slots per order, so that distinct keys share homes and
+    every lookup walks past colliding keys, exercising the full-key compare.
+    """
     if not 0.1 <= load_factor <= 0.95:
         raise ValueError(f"load_factor must be in [0.1, 0.95], got {load_factor}")
     if probe < 1 or probe & (probe - 1):
@@ -257,6 +267,9 @@ def build_tables(variants: list[CompiledStyle], device=None, load_factor: float 
         raise StylePackError(f"too many entries ({e_total:,}) and variants ({nv}) to pack into 64-bit keys")
 
     header = np.zeros(HEADER_WORDS + ORDER_FIELDS * (max_order - 1), dtype=np.int64)
+    header[[H_NUM_VARIANTS, H_TB, H_VB, H_SB, H_K0, H_KW]] = (nv, layout.token_bits, layout.variant_bits,
+                                                             layout.start_bits, layout.tokens_in_word0,
+                                                             layout.tokens_per_word)
     pieces = [header]
     cursor = header.shape[0]
     ctx_counts = [sum(int(g.tokens.shape[0] > 0) for g in groups[1])]
@@ -280,6 +293,8 @@ def build_tables(variants: list[CompiledStyle], device=None, load_factor: float 
         if np.unique(keys, axis=0).shape[0] != c_total:
             raise StylePackError(f"order {n}: a variant lists the same context twice")
         home_range = max(1, int(np.ceil(c_total / load_factor)))
+        if max_home_range is not None:
+            home_range = max(1, min(home_range, int(max_home_range)))
         best = None
         for seed in range(seeds):  # keep the seed with the shortest worst-case probe run
             home = home_slot(hash_words(keys, seed), home_range)

@@ -57,13 +57,14 @@ class TritonSteering:
 
     def __init__(self, variants: list[CompiledStyle], device, *, block: int = 256, num_warps: int = 4,
                  probe: int = DEFAULT_PROBE, load_factor: float = DEFAULT_LOAD_FACTOR, launch: str = "fast",
-                 graphs: bool = False, max_graphs: int = 32):
+                 graphs: bool = False, max_graphs: int = 32, max_home_range: int | None = None):
         if launch not in LAUNCH_PATHS:
             raise ValueError(f"launch must be one of {LAUNCH_PATHS}, got {launch!r}")
         if block < 16 or block & (block - 1):
             raise ValueError(f"block must be a power of two >= 16, got {block}")
         self.device = torch.device(device)
-        self.tables: GpuTables = build_tables(variants, self.device, load_factor=load_factor, probe=probe)
+        self.tables: GpuTables = build_tables(variants, self.device, load_factor=load_factor, probe=probe,
+                                              max_home_range=max_home_range)
         self.max_order = self.tables.max_order
         self.num_variants = self.tables.num_variants
         self._blob = self.tables.blob  # [N] int64 on the device
@@ -72,10 +73,10 @@ class TritonSteering:
         assert ("FROM_HISTORY", "HAS_SCALE") + tuple(self._consts) == sk.CONSTEXPR_NAMES
         self._num_warps = num_warps
         self._kernel = sk.kernel_for(self.device)
-        cuda = self.device.type == "cuda" and not sk.is_interpreted(self._kernel)
+        cuda = self._cuda = self.device.type == "cuda" and not sk.is_interpreted(self._kernel)
         self.launch_path = launch if cuda else "standard"
         self._compiled: dict = {}  # fast-path key -> Triton CompiledKernel
-        self._graphs_on = bool(graphs) and cuda
+        self.graphs = bool(graphs) and cuda  # public: the benchmark toggles it
         self._graphs: OrderedDict = OrderedDict()  # exact launch -> torch.cuda.CUDAGraph
         self._seen: OrderedDict = OrderedDict()  # exact launches seen once (captured on the second sighting)
         self._max_graphs = max_graphs
@@ -158,7 +159,7 @@ class TritonSteering:
 
     # -- launching -----------------------------------------------------------------------------------
     def _launch(self, r: int, args: tuple, from_history: bool, has_scale: bool) -> None:
-        if self._graphs_on:
+        if self.graphs and self._cuda:
             gkey = self._graph_key(r, args, from_history, has_scale)
             g = self._graphs.get(gkey)
             if g is not None:

@@ -33,7 +33,9 @@ _LAST_FLAG = tl.constexpr(1 << 31)
 _H_NUM_ENTRIES = tl.constexpr(0)
 _H_ENT_BASE = tl.constexpr(1)
 _H_UNI_BASE = tl.constexpr(2)
-_HEADER_WORDS = tl.constexpr(4)
+_H_NUM_VARIANTS = tl.constexpr(3)
+_H_TB = tl.constexpr(4)  # then VB, SB, K0, KW at 5..8
+_HEADER_WORDS = tl.constexpr(9)
 _ORDER_FIELDS = tl.constexpr(6)
 # Reductions go through the tl.reduce builtin with Triton's own combine functions (what tl.sum /
 # tl.max / tl.min do inside): the interpreter recognises these by identity and reduces with numpy,
@@ -48,8 +50,7 @@ ARG_NAMES = ("logits_ptr", "logits_stride", "V", "blob_ptr", "sel_ptr", "str_ptr
              "tok_stride", "tok_col0", "pos_ptr", "n_slots", "hist_len", "scale_ptr")
 INT_ARGS = ("logits_stride", "V", "tok_stride", "tok_col0", "n_slots", "hist_len")
 PTR_ARGS = tuple(a for a in ARG_NAMES if a.endswith("_ptr"))
-CONSTEXPR_NAMES = ("FROM_HISTORY", "HAS_SCALE", "MAX_ORDER", "CTX_BLOCK", "NUM_VARIANTS", "TB", "VB", "SB", "K0",
-                   "KW", "MAXW", "PROBE", "BLOCK")
+CONSTEXPR_NAMES = ("FROM_HISTORY", "HAS_SCALE", "MAX_ORDER", "CTX_BLOCK", "MAXW", "PROBE", "BLOCK")
 
 
 def _steer_rows(
@@ -66,11 +67,14 @@ def _steer_rows(
     n_slots, hist_len,  # mode b: S, L
     scale_ptr,  # [R] float per-row strength multiplier (HAS_SCALE)
     FROM_HISTORY: tl.constexpr, HAS_SCALE: tl.constexpr,
-    MAX_ORDER: tl.constexpr, CTX_BLOCK: tl.constexpr, NUM_VARIANTS: tl.constexpr,
-    TB: tl.constexpr, VB: tl.constexpr, SB: tl.constexpr, K0: tl.constexpr, KW: tl.constexpr, MAXW: tl.constexpr,
-    PROBE: tl.constexpr, BLOCK: tl.constexpr,
+    MAX_ORDER: tl.constexpr,  # highest order of any variant
+    CTX_BLOCK: tl.constexpr,  # next power of two >= MAX_ORDER - 1 (context vector width)
+    MAXW: tl.constexpr,  # most 64-bit words of any order's key
+    PROBE: tl.constexpr,  # hash slots compared per vector load
+    BLOCK: tl.constexpr,  # entries applied per vector step
 ):
     row = tl.program_id(0).to(tl.int64)
+    num_variants = tl.load(blob_ptr + _H_NUM_VARIANTS)
     if FROM_HISTORY:
         slot = tl.load(sel_ptr + row).to(tl.int64)
         slot_ok = (slot >= 0) & (slot < n_slots)
@@ -83,7 +87,14 @@ def _steer_rows(
         s = tl.load(str_ptr + row).to(tl.float32)
     if HAS_SCALE:
         s = s * tl.load(scale_ptr + row).to(tl.float32)
-    if (v >= 0) & (v < NUM_VARIANTS) & (s != 0.0):
+    if (v >= 0) & (v < num_variants) & (s != 0.0):
+        # Key layout (gpu_tables.KeyLayout): bits per token / variant / start, tokens in word 0 / per word.
+        tb = tl.load(blob_ptr + _H_TB)
+        vb = tl.load(blob_ptr + _H_TB + 1)
+        sb = tl.load(blob_ptr + _H_TB + 2)
+        k0 = tl.load(blob_ptr + _H_TB + 3)
+        kw = tl.load(blob_ptr + _H_TB + 4)
+        start_mask = ((tb * 0 + 1) << sb) - 1
         # The row's context, by age (0 = newest token); -1 where missing.
         ages = tl.arange(0, CTX_BLOCK)
         in_m = ages < MAX_ORDER - 1
@@ -94,12 +105,13 @@ def _steer_rows(
         else:
             col = tl.where(in_m, tok_col0 + (MAX_ORDER - 2 - ages), 0)
             toks = tl.load(tok_ptr + row * tok_stride + col, mask=in_m, other=-1).to(tl.int64)
-        # A token wider than TB bits is in no stored key (and would spill into the next field).
-        tok_bad = (toks < 0) | (toks >= (1 << TB))
-        # Key field of each age (gpu_tables.KeyLayout): word index and bit shift.
-        in_w0 = ages < K0
-        word = tl.where(in_w0, 0, 1 + (ages - K0) // KW)
-        shift = tl.where(in_w0, SB + VB + ages * TB, ((ages - K0) % KW) * TB).to(tl.int64)
+        # A token wider than tb bits is in no stored key (and would spill into the next field).
+        tok_bad = (toks < 0) | ((toks >> tb) != 0)
+        # Key field of each age: word index and bit shift (ages of word > 0 are >= k0 there).
+        in_w0 = ages < k0
+        past = tl.where(in_w0, 0, ages - k0)
+        word = tl.where(in_w0, 0, 1 + past // kw)
+        shift = tl.where(in_w0, sb + vb + ages * tb, (past % kw) * tb)
         n_ent = tl.load(blob_ptr + _H_NUM_ENTRIES)
         ent_ptr = blob_ptr + tl.load(blob_ptr + _H_ENT_BASE)
         row_ptr = logits_ptr + row * logits_stride
@@ -120,11 +132,11 @@ def _steer_rows(
                 valid = tl.reduce(tl.where(sel & tok_bad, 1, 0), 0, _SUM) == 0
                 # Key fields of this order (only read when valid). Disjoint bit fields: sum == or.
                 parts = tl.where(sel, toks << shift, 0)
-                key0 = v + (tl.reduce(tl.where(word == 0, parts, 0), 0, _SUM) >> SB)  # word 0 with the start bits shifted out
+                key0 = v + (tl.reduce(tl.where(word == 0, parts, 0), 0, _SUM) >> sb)  # word 0, start bits shifted out
                 for w in tl.static_range(MAXW):
                     q = tl.reduce(tl.where(word == w, parts, 0), 0, _SUM)
                     if w == 0:
-                        q = q + (v << SB)
+                        q = q + (v << sb)
                     hw = (h ^ q) * _MULT_A
                     hw = hw ^ (hw >> 29)
                     h = tl.where(w < n_words, hw, h)
@@ -138,7 +150,7 @@ def _steer_rows(
                     pos = home + blk * PROBE + lanes
                     inb = pos < total
                     w0 = tl.load(blob_ptr + slot_base + pos * n_words, mask=inb, other=-1)
-                    match = inb & ((w0 >> SB) == key0)  # empty slots (-1) never match: keys are >= 0
+                    match = inb & ((w0 >> sb) == key0)  # empty slots (-1) never match: keys are >= 0
                     for w in tl.static_range(1, MAXW):
                         q = tl.reduce(tl.where(word == w, parts, 0), 0, _SUM)
                         # Orders with fewer words skip word w. (A vector compare: the interpreter mishandles
@@ -147,7 +159,7 @@ def _steer_rows(
                         ww = tl.load(blob_ptr + slot_base + pos * n_words + w, mask=inb & has_w, other=0)
                         match = match & ((ww == q) | ~has_w)
                     hit = tl.reduce(match.to(tl.int32), 0, _MAX)
-                    found = tl.where(hit > 0, tl.reduce(tl.where(match, w0 & ((1 << SB) - 1), 0), 0, _SUM), found)
+                    found = tl.where(hit > 0, tl.reduce(tl.where(match, w0 & start_mask, 0), 0, _SUM), found)
                     ended = tl.reduce(((w0 < 0) | (pos >= total)).to(tl.int32), 0, _MAX)  # an empty slot ends the run
                     blk += 1
                     go = (hit == 0) & (ended == 0) & (blk < n_blocks)

@@ -79,8 +79,9 @@ def orders_hit(tables, variant, ctx):
 
 def test_constants_match_the_table_layout():
     assert sk._MULT_A.value == gt.MULT_A and sk._MULT_B.value == gt.MULT_B and sk._LAST_FLAG.value == gt.LAST_FLAG
-    assert (sk._H_NUM_ENTRIES.value, sk._H_ENT_BASE.value, sk._H_UNI_BASE.value) == \
-        (gt.H_NUM_ENTRIES, gt.H_ENT_BASE, gt.H_UNI_BASE)
+    assert (sk._H_NUM_ENTRIES.value, sk._H_ENT_BASE.value, sk._H_UNI_BASE.value, sk._H_NUM_VARIANTS.value) == \
+        (gt.H_NUM_ENTRIES, gt.H_ENT_BASE, gt.H_UNI_BASE, gt.H_NUM_VARIANTS)
+    assert (gt.H_TB, gt.H_VB, gt.H_SB, gt.H_K0, gt.H_KW) == tuple(sk._H_TB.value + i for i in range(5))
     assert (sk._HEADER_WORDS.value, sk._ORDER_FIELDS.value) == (gt.HEADER_WORDS, gt.ORDER_FIELDS)
     assert (gt.O_SLOT_BASE, gt.O_HOME_RANGE, gt.O_TOTAL_SLOTS, gt.O_PROBE_BLOCKS, gt.O_WORDS, gt.O_SEED) == \
         (0, 1, 2, 3, 4, 5)  # the kernel reads them as hb + 0..5
@@ -114,7 +115,7 @@ def test_several_variants_one_launch():
     variants = [compile_style(p3, "exact"), compile_style(p3, "paper"), compile_style(p4, "exact")]
     ts, ref = TritonSteering(variants, "cpu", **SMALL), ReferenceSteering(variants)
     assert ts.max_order == 4
-    r, v = 14, 77  # V not a multiple of the block; p4's tokens 77..89 are beyond the logits: skipped
+    r, v = 14, 37  # V not a multiple of the block; tokens 37..89 of the tables are beyond the logits: skipped
     variant = torch.tensor([0, 1, 2, -1, 0, 1, 2, 2, 0, 1, -1, 2, 0, 1])
     strength = torch.tensor(rng.uniform(0.1, 1.5, r), dtype=torch.float32)
     strength[4] = 0.0
@@ -124,6 +125,8 @@ def test_several_variants_one_launch():
     logits[4, :3] = torch.tensor([float("nan"), -0.0, float("-inf")])  # strength 0
     logits[0, 7] = float("-inf")  # a masked token stays masked
     got, mask = check(ts, ref, logits, variant, strength, ctx)
+    rows_, toks_, _ = ref.entries(variant, strength, ctx)
+    assert (toks_ >= v).any()  # some matched entries lie beyond the logits: the kernel must skip them
     for row in (3, 4, 10):
         assert torch.equal(got[row].view(torch.int32), logits[row].view(torch.int32))
     assert mask.sum() > 100 and orders_hit(ts.tables, variant, ctx) == {1, 2, 3, 4}
@@ -170,14 +173,17 @@ def test_exact_mode_equals_dense_formula():
     assert worst["paper"] > 1e-2  # the check discriminates: paper mode is not the dense formula
 
 
-def test_long_probe_chains_and_absent_contexts():
-    """A nearly full table probed one slot at a time: long chains, shared homes, absent keys next to stored ones."""
+@pytest.mark.parametrize("home_range, probe", [(None, 1), (2, 16)])
+def test_long_probe_chains_and_absent_contexts(home_range, probe):
+    """A nearly full table probed one slot at a time: long chains, absent keys next to stored ones. With
+    home_range=2 every key of an order shares one of two homes, so each lookup compares against many keys
+    that differ from it in one field only (variant, or one token): only the full-key compare tells them apart."""
     rng = np.random.default_rng(3)
     pack, docs = random_pack(rng, 12, 3, top_k=3, n_docs=120)
     variants = [compile_style(pack, "exact"), compile_style(pack, "paper")]
-    ts = TritonSteering(variants, "cpu", block=16, probe=1, load_factor=0.95)
+    ts = TritonSteering(variants, "cpu", block=16, probe=probe, load_factor=0.95, max_home_range=home_range)
     ref = ReferenceSteering(variants)
-    assert max(ts.tables.max_displacement) >= 3  # lookups walk several probe blocks
+    assert max(ts.tables.max_displacement) >= (3 if home_range is None else 20)  # several probe blocks
     rows = 12
     ctx = contexts(rng, docs, rows, 2, foreign=0.0)
     ctx[rows // 2:] = torch.tensor(rng.integers(0, 12, size=(rows - rows // 2, 2)))  # many absent pairs
@@ -261,10 +267,17 @@ def test_multiword_keys_and_row_scale():
     counter, tables = count_token_documents(docs, 70_000, 6, 3)
     pack = StylePack(tables, counter.unigram_counts, 70_000, "fp", 1e-3, 3, default_weights(6), {}, "wide")
     variants = [compile_style(pack, "exact")]
-    ts, ref = TritonSteering(variants, "cpu", **SMALL), ReferenceSteering(variants)
+    # Two home slots per order: lookups walk past keys equal to theirs in word 0 but not in word 1.
+    ts, ref = TritonSteering(variants, "cpu", block=16, probe=32, max_home_range=2), ReferenceSteering(variants)
     assert ts.tables.constexprs()["MAXW"] >= 2
+    assert ts.tables.layout.tokens_in_word0 < 5  # the two oldest tokens of an order-6 key live in word 1
     rows = 6
-    ctx = contexts(rng, docs, rows, 5, short=0.3, foreign=0.2, vocab=70_000)
+    ctx = contexts(rng, docs, rows, 5, short=0.3, foreign=0.0, vocab=70_000)
+    # Rows 4, 5: a stored order-6 context with its oldest token changed (so it is absent) -- only word 1 differs.
+    stored = {tuple(c) for c in variants[0].orders[5].context_tokens.tolist()}
+    for r, c in zip((4, 5), variants[0].orders[5].context_tokens[:2].tolist()):
+        c[0] = next(t for t in range(70_000) if tuple([t] + c[1:]) not in stored and t != c[0])
+        ctx[r] = torch.tensor(c)
     variant = torch.zeros(rows, dtype=torch.int64)
     strength = torch.tensor(rng.uniform(0.3, 1.0, rows), dtype=torch.float32)
     row_scale = torch.tensor([1.0, 0.5, 0.0, 0.25, 1.0, 0.75])
