@@ -62,9 +62,8 @@ _bootstrap()
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from vllm_ngram_style.kernels import steer_kernel as sk  # noqa: E402
 from vllm_ngram_style.kernels.launcher import TritonSteering  # noqa: E402
-from vllm_ngram_style.kernels.synthetic import DON_QUIXOTE, sample_contexts, synth_style  # noqa: E402
+from vllm_ngram_style.kernels.synthetic import DON_QUIXOTE, chain_weights, sample_contexts, synth_style  # noqa: E402
 from vllm_ngram_style.reference_op import ReferenceSteering  # noqa: E402
 
 
@@ -174,6 +173,16 @@ def ratio(a, b) -> str:
 # ---------------------------------------------------------------------------------------------------
 # workload
 
+_WEIGHTS: dict = {}
+
+
+def contexts_for(style, rng, rows):
+    """sample_contexts with the style's chain weights computed once."""
+    if id(style) not in _WEIGHTS:
+        _WEIGHTS[id(style)] = (style, chain_weights(style) if style.max_order > 1 else None)
+    return sample_contexts(style, rng, rows, weights=_WEIGHTS[id(style)][1])
+
+
 def make_batch(variants, b, v, device, rng, n_styles):
     """Rows of every style; contexts as generated text meets them; all rows steered at strength 0.5."""
     m = max(s.max_order for s in variants) - 1
@@ -182,7 +191,7 @@ def make_batch(variants, b, v, device, rng, n_styles):
     for i in range(n_styles):
         rows = np.flatnonzero(variant == i)
         if rows.size:
-            c = sample_contexts(variants[i], rng, rows.size)
+            c = contexts_for(variants[i], rng, rows.size)
             ctx[rows, m - c.shape[1]:] = c
     strength = np.full(b, 0.5, dtype=np.float32)
     return dict(
@@ -212,17 +221,19 @@ def history_of(batch, hist_len, device):
 # ---------------------------------------------------------------------------------------------------
 # correctness
 
-def check_correctness(variants, device, rng, v, rows=64) -> list[str]:
-    """Every launch path and both context sources against the reference op on this device."""
-    problems = []
+def check_correctness(variants, device, rng, v, rows=64) -> tuple[list[str], list[str]]:
+    """Every launch path and both context sources against the reference op on this device.
+    Returns (problems, what was checked)."""
+    problems, checked = [], []
     ref = ReferenceSteering(variants, device)
     ts = TritonSteering(variants, device)
     m = ts.max_order - 1
-    variant = torch.as_tensor(rng.integers(-1, len(variants), size=rows), device=device)
+    variant_np = rng.integers(-1, len(variants), size=rows)
+    variant = torch.as_tensor(variant_np, device=device)
     ctx = np.full((rows, m), -1, dtype=np.int64)
+    drawn = [contexts_for(s, rng, rows) for s in variants]  # [variant][row] -> context of that style
     for i in range(rows):
-        vi = int(variant[i])
-        c = sample_contexts(variants[max(vi, 0)], rng, 1)[0]
+        c = drawn[max(int(variant_np[i]), 0)][i]
         keep = int(rng.integers(0, m + 1)) if rng.random() < 0.2 else m  # some short histories
         if keep:
             ctx[i, m - keep:] = c[len(c) - keep:]
@@ -249,13 +260,17 @@ def check_correctness(variants, device, rng, v, rows=64) -> list[str]:
         ts.launch_path = path
         for call in range(2):  # the fast path's first call goes through the standard launcher
             compare(f"{path} call {call}", ts.apply(base.clone(), variant, strength, ctx, row_scale=scale))
+        checked.append(f"{path} launch")
     if device.type == "cuda":
         ts.launch_path, ts.graphs = "fast", True
         out = base.clone()
         for call in range(4):  # eager, capture + replay, replay, replay
             out.copy_(base)
             compare(f"graph call {call}", ts.apply(out, variant, strength, ctx, row_scale=scale))
+        if len(ts._graphs) != 1:
+            problems.append(f"graph path: expected one captured graph, found {len(ts._graphs)}")
         ts.graphs = False
+        checked.append("CUDA-graph replay")
     # History source: the same rows laid out as MRV2 token history must give bit-identical logits.
     batch = dict(context=ctx, variant=variant, strength=strength)
     h = history_of(batch, 32, device)
@@ -265,9 +280,11 @@ def check_correctness(variants, device, rng, v, rows=64) -> list[str]:
                                          h["slot_variant"], h["slot_strength"], row_scale=scale)
         if not torch.equal(via_hist.view(torch.int32), via_ctx.view(torch.int32)):
             problems.append(f"history source ({dtype}) differs from context source")
+    checked.append("history source (int32/int64) bit-identical to context source")
     if int(touched.sum()) == 0:
         problems.append("nothing was steered: the check is vacuous")
-    return problems
+    checked.append(f"{rows} rows x {v} vocab, {len(variants)} variant(s), {int(touched.sum())} steered logits")
+    return problems, checked
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,17 +358,17 @@ def main(argv=None) -> int:
 
     # 1. correctness on this device, before any timing
     t0 = time.perf_counter()
-    problems = check_correctness(styles_for(vocabs[0])[:max(style_counts)], device, rng, vocabs[0],
-                                 rows=6 if smoke else 64)
+    problems, checked = check_correctness(styles_for(vocabs[0])[:max(style_counts)], device, rng, vocabs[0],
+                                          rows=6 if smoke else 64)
     if problems:
         print("correctness: FAIL\n  " + "\n  ".join(problems))
         return 1
-    print(f"correctness: PASS (standard/fast/graph launches and history source vs the torch reference; "
-          f"{time.perf_counter() - t0:.1f} s)")
+    verdict = f"PASS vs the torch reference op: {'; '.join(checked)}"
+    print(f"correctness: {verdict} ({time.perf_counter() - t0:.1f} s)")
 
     # 2. launch floors
     floors = launch_floors(device, timer)
-    lines = [f"Launch floors (wall clock per call): " + ", ".join(f"{k} {fmt(u)} us" for k, u in floors.items())]
+    lines = ["Launch floors (wall clock per call): " + ", ".join(f"{k} {fmt(u)} us" for k, u in floors.items())]
 
     # 3. timings
     header = ("| B | V | styles | entries/row | memory floor GPU us | naive loop us | torch ref us | kernel GPU us | "
@@ -386,8 +403,8 @@ def main(argv=None) -> int:
                 ref_us = timer.wall_us(lambda: ref.apply(lg, var, st, ctx), **slow)
                 walls = {}
                 ts.graphs = False
-                for path in ("standard", "fast"):
-                    ts.launch_path = path if device.type == "cuda" else "standard"
+                for path in ("standard", "fast") if device.type == "cuda" else ("standard",):
+                    ts.launch_path = path
                     walls[path] = timer.wall_us(lambda: ts.apply(lg, var, st, ctx))
                 ts.launch_path = "fast" if device.type == "cuda" else "standard"
                 kernel_gpu = timer.gpu_us(lambda: ts.apply(lg, var, st, ctx), walls["standard"])
@@ -403,9 +420,26 @@ def main(argv=None) -> int:
                 fast_wall = walls["fast"] if device.type == "cuda" else walls["standard"]
                 rows_md.append(
                     f"| {b} | {v} | {n_styles} | {per_row:.0f} | {fmt(mem_gpu)} | {fmt(naive_us)} | {fmt(ref_us)} | "
-                    f"{fmt(kernel_gpu)} | {fmt(walls['standard'])} | {fmt(walls['fast'] if device.type == 'cuda' else None)} | "
+                    f"{fmt(kernel_gpu)} | {fmt(walls['standard'])} | {fmt(walls.get('fast'))} | "
                     f"{fmt(graph_wall)} | {fmt(hist_wall)} | {ratio(naive_us, fast_wall)} | {ratio(kernel_gpu, mem_gpu)} |")
                 print(rows_md[-1], flush=True)
+    # 4. tuning: entries per vector step (BLOCK) and warps per program, fast path, GPU time
+    sweep = []
+    if device.type == "cuda" and time.perf_counter() - t_start < TIME_BUDGET_S:
+        v = 128256 if 128256 in vocabs else vocabs[-1]
+        variants = styles_for(v)[:1]
+        for b in (256, 1024):
+            batch = make_batch(variants, b, v, device, rng, 1)
+            lg, var, st, ctx = batch["logits"], batch["variant"], batch["strength"], batch["context"]
+            cells = []
+            for block, warps in ((128, 4), (256, 4), (512, 4), (256, 8), (1024, 8)):
+                if time.perf_counter() - t_start > TIME_BUDGET_S + 30:
+                    break
+                tsb = TritonSteering(variants, device, block=block, num_warps=warps)
+                wall = timer.wall_us(lambda: tsb.apply(lg, var, st, ctx))
+                cells.append(f"BLOCK {block} / {warps} warps: {fmt(timer.gpu_us(lambda: tsb.apply(lg, var, st, ctx), wall))}")
+            sweep.append(f"B={b}, V={v}, 1 style, kernel GPU us: " + "; ".join(cells))
+    lines += sweep
     if skipped:
         lines.append(f"({skipped} configurations skipped: the run reached its {TIME_BUDGET_S} s budget)")
     notes = [
@@ -418,8 +452,7 @@ def main(argv=None) -> int:
     ]
     report = [f"## Steering kernel: {card}, {date}", "", f"{env}; `python benchmarks/kernel_bench.py"
               f"{' --cpu-smoke' if smoke else ''}`; total {time.perf_counter() - t_start:.0f} s.", "",
-              "Correctness on this device: PASS (standard / fast / graph launches, history source, vs the torch "
-              "reference op).", "", *lines, "", "Table sizes: " + "; ".join(sizes), "", *rows_md, "", *notes, ""]
+              f"Correctness on this device: {verdict}.", "", *lines, "", "Table sizes: " + "; ".join(sizes), "", *rows_md, "", *notes, ""]
     print("\n".join(report))
     if device.type == "cuda" and not args.no_append:
         with open(RESULTS, "a", encoding="utf-8") as f:

@@ -108,23 +108,33 @@ def synth_style(seed: int, vocab: int, contexts=DON_QUIXOTE["contexts"], entries
     return CompiledStyle(f"{name}-{seed}", "exact", orders)
 
 
-def sample_contexts(style: CompiledStyle, rng: np.random.Generator, rows: int, hit_rate: float = 0.9) -> np.ndarray:
-    """[rows, max_order-1] contexts (oldest first) as generated text would meet them.
-
-    With probability hit_rate a row continues a stored top-order context, chosen with probability
-    proportional to the entries along its suffix chain (frequent contexts are both met more often
-    and hold more continuations); otherwise its tokens are random (mostly unmatched above order 1).
-    """
+def chain_weights(style: CompiledStyle) -> np.ndarray:
+    """[C_top] entries along each top-order context's suffix chain (its own plus its suffixes')."""
     m = style.max_order - 1
-    out = rng.integers(0, max(1, int(style.orders[0].tokens.max(initial=0)) + 1), size=(rows, m))
-    if m == 0:
-        return out
     top = style.orders[m]
     weight = np.diff(top.offsets).astype(np.float64)
     for n in range(2, style.max_order):  # add the lengths of the suffix contexts of lower orders
         o = style.orders[n - 1]
         lookup = {tuple(c): int(ln) for c, ln in zip(o.context_tokens.tolist(), np.diff(o.offsets).tolist())}
         weight += [lookup.get(tuple(c[m - (n - 1):]), 0) for c in top.context_tokens.tolist()]
+    return weight
+
+
+def sample_contexts(style: CompiledStyle, rng: np.random.Generator, rows: int, hit_rate: float = 0.9,
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """[rows, max_order-1] contexts (oldest first) as generated text would meet them.
+
+    With probability hit_rate a row continues a stored top-order context, chosen with probability
+    proportional to the entries along its suffix chain (frequent contexts are both met more often
+    and hold more continuations); otherwise its tokens are random (mostly unmatched above order 1).
+    weights: chain_weights(style), when the caller samples the same style repeatedly.
+    """
+    m = style.max_order - 1
+    out = rng.integers(0, max(1, int(style.orders[0].tokens.max(initial=0)) + 1), size=(rows, m))
+    if m == 0 or style.orders[m].context_tokens.shape[0] == 0:
+        return out
+    top = style.orders[m]
+    weight = chain_weights(style) if weights is None else weights
     pick = rng.choice(top.context_tokens.shape[0], size=rows, p=weight / weight.sum())
     hit = rng.random(rows) < hit_rate
     out[hit] = top.context_tokens[pick[hit]]
