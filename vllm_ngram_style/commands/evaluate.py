@@ -1,0 +1,94 @@
+"""vllm-ngram-style eval --model smollm2 --pack quixote.stylepack [--pack news=news.stylepack] --out DIR
+
+Sweeps style strength and modes (paper, exact, exact+adaptive, best = exact+adaptive+loop guard),
+plus the prompt-only baseline and prompt+best, greedy and top-p sampling, and writes the paper's
+metrics as CSV, JSON, PNG plots and a markdown summary.
+"""
+from __future__ import annotations
+
+import os
+
+
+def add_arguments(p) -> None:
+    from ..evaluation.runner import DECODINGS, DEFAULT_GUARD, PAPER_LAMBDAS, STEERED_FAMILIES
+
+    p.add_argument("--model", required=True, help="'smollm2' or a local Hugging Face model folder")
+    p.add_argument("--pack", action="append", required=True, metavar="[NAME=]PATH",
+                   help="a .stylepack to evaluate (repeatable); NAME defaults to the pack's own name")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--prompts", help="prompt JSON file (default: the built-in 20 generic prompts)")
+    p.add_argument("--num-prompts", type=int, help="use only the first N prompts (after --per-category)")
+    p.add_argument("--per-category", type=int, help="use the first N prompts of each category, interleaved")
+    p.add_argument("--instruction", help="prompt-only baseline instruction (one pack only; default: per corpus)")
+    p.add_argument("--lambdas", type=float, nargs="+", default=list(PAPER_LAMBDAS), help="strengths to sweep")
+    p.add_argument("--prompt-lambdas", type=float, nargs="*", help="strengths of prompt+best (default: --lambdas)")
+    p.add_argument("--families", nargs="+", default=list(STEERED_FAMILIES), choices=list(STEERED_FAMILIES),
+                   help="steered configuration families")
+    p.add_argument("--decodings", nargs="+", default=list(DECODINGS), choices=list(DECODINGS))
+    p.add_argument("--max-tokens", type=int, default=128, help="new tokens per generation (default 128)")
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (greedy ignores it)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of prompt i is seed + i")
+    p.add_argument("--loop-guard", type=int, default=DEFAULT_GUARD, help="n-gram size of the best mode's loop guard")
+    p.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"],
+                   help="auto: vLLM with the plugin when installed, else the transformers loop")
+    p.add_argument("--js-prompts", type=int,
+                   help="vLLM backend: JS divergence (a transformers forward per sequence) for the first N prompts "
+                        "only (default all; 0 = none)")
+    p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_packs(specs: list) -> list:
+    """['NAME=PATH' or 'PATH', ...] -> [(name or None, abs path)]."""
+    out = []
+    for s in specs:
+        name, sep, path = s.partition("=")
+        if not sep or os.path.exists(s):
+            name, path = None, s
+        out.append((name, os.path.abspath(path)))
+    return out
+
+
+def run(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..errors import ConfigError
+    from ..evaluation.prompts import load_prompts, style_instruction
+    from ..evaluation.report import write_report
+    from ..evaluation.runner import CorpusSpec, EvalSettings, run_evaluation
+    from ..models import resolve_model
+    from ..pack import load_pack
+
+    model_dir = resolve_model(args.model)
+    packs = parse_packs(args.pack)
+    if args.instruction and len(packs) > 1:
+        raise ConfigError("--instruction applies to a single pack; the built-in instructions cover several")
+    corpora, names = [], set()
+    for name, path in packs:
+        pack = load_pack(path)
+        name = name or pack.name or os.path.splitext(os.path.basename(path))[0]
+        if name in names:
+            raise ConfigError(f"style name {name!r} given twice; name packs with NAME=PATH")
+        names.add(name)
+        stem = os.path.splitext((pack.corpus.get("files") or [name])[0])[0]
+        instruction = args.instruction or style_instruction(stem if stem else name, args.prompts)
+        corpora.append(CorpusSpec(name, path, instruction))
+    prompts = load_prompts(args.prompts, args.num_prompts, args.per_category)
+    if args.max_tokens < 1:
+        raise ConfigError("--max-tokens must be at least 1")
+    if any(not (0 <= x <= 5) for x in args.lambdas):
+        raise ConfigError("--lambdas must lie in [0, 5]")
+    lambdas = tuple(sorted(set([0.0] + list(args.lambdas))))
+    settings = EvalSettings(lambdas=lambdas, families=tuple(args.families),
+                            prompt_lambdas=tuple(sorted(set(args.prompt_lambdas))) if args.prompt_lambdas is not None
+                            else lambdas,
+                            decodings=tuple(dict.fromkeys(args.decodings)), max_tokens=args.max_tokens,
+                            top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                            loop_guard=args.loop_guard, js_prompts=args.js_prompts)
+    result = run_evaluation(model_dir, corpora, prompts, settings, backend=args.backend, progress=not args.quiet,
+                            enforce_eager=args.enforce_eager)
+    paths = write_report(result, args.out, plots=not args.no_plots)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""The paper's evaluation: metrics, the strength x mode sweep through vLLM, and reports."""

@@ -1,0 +1,218 @@
+"""Aggregate per-generation records and write CSV, JSON, PNG plots and a markdown summary.
+
+Aggregates are per (corpus, decoding, family, lambda), over prompts: the mean and the MEDIAN of
+each per-prompt metric (a few degenerate generations can dominate a mean of perplexities), and
+pooled (token-weighted) style and base perplexities.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+METRICS = ("style_ppl", "base_ppl", "js_bits", "unigram_overlap", "bigram_seen", "rep4", "tokens")
+# the issue's acceptance rule for the best mode, on per-prompt medians
+GOAL = {"style_cut": 0.5, "base_rel": 0.10, "rep4_abs": 0.05, "width": 0.2}
+FAMILY_ORDER = ("unsteered", "prompt", "paper", "exact", "exact+adaptive", "best", "prompt+best")
+FAMILY_STYLE = {"paper": ("tab:red", "-"), "exact": ("tab:blue", "-"), "exact+adaptive": ("tab:green", "-"),
+                "best": ("tab:purple", "-"), "prompt+best": ("tab:orange", "--")}
+
+
+def _nan_stat(fn, values):
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(fn(arr)) if arr.size else float("nan")
+
+
+def aggregate(records: list) -> list:
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["corpus"], r["decoding"], r["family"], r["lambda"])].append(r)
+    rows = []
+    fam_rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    for key in sorted(groups, key=lambda k: (k[0], k[1], fam_rank.get(k[2], 99), k[3])):
+        recs = groups[key]
+        row = {"corpus": key[0], "decoding": key[1], "family": key[2], "lambda": key[3], "n": len(recs)}
+        for m in METRICS:
+            vals = [r.get(m) for r in recs]
+            row[f"{m}_mean"] = _nan_stat(np.mean, vals)
+            row[f"{m}_median"] = _nan_stat(np.median, vals)
+        toks = sum(r["tokens"] for r in recs)
+        row["style_ppl_pooled"] = math.exp(sum(r["style_nll_sum"] for r in recs) / toks) if toks else float("nan")
+        row["base_ppl_pooled"] = math.exp(sum(r["base_nll_sum"] for r in recs) / toks) if toks else float("nan")
+        rows.append(row)
+    return rows
+
+
+def family_curve(rows: list, corpus: str, decoding: str, family: str) -> list:
+    """Rows of one family in lambda order, with the unsteered row as its lambda-0 point
+    (prompt+best starts from the prompt-only baseline)."""
+    start = "prompt" if family.startswith("prompt+") else "unsteered"
+    base = [r for r in rows if r["corpus"] == corpus and r["decoding"] == decoding and r["family"] == start]
+    own = [r for r in rows if r["corpus"] == corpus and r["decoding"] == decoding and r["family"] == family]
+    return sorted(base + own, key=lambda r: r["lambda"])
+
+
+def goal_check(rows: list, family: str = "best", stat: str = "median") -> list:
+    """For each corpus and decoding: the lambdas where the family cuts style ppl by >= 50% vs
+    lambda 0 while base ppl stays within +10% and rep4 within +0.05 of unsteered, and the widest
+    contiguous run of such lambdas (consecutive points of the sweep)."""
+    out = []
+    for corpus in sorted({r["corpus"] for r in rows}):
+        for dec in sorted({r["decoding"] for r in rows if r["corpus"] == corpus}):
+            curve = family_curve(rows, corpus, dec, family)
+            if not curve or curve[0]["lambda"] != 0:
+                continue
+            b = curve[0]
+            ok = []
+            for r in curve[1:]:
+                passed = (r[f"style_ppl_{stat}"] <= (1 - GOAL["style_cut"]) * b[f"style_ppl_{stat}"]
+                          and r[f"base_ppl_{stat}"] <= (1 + GOAL["base_rel"]) * b[f"base_ppl_{stat}"]
+                          and r[f"rep4_{stat}"] <= b[f"rep4_{stat}"] + GOAL["rep4_abs"])
+                ok.append((r["lambda"], passed))
+            best_run, run = (), []
+            for lam, passed in ok + [(None, False)]:
+                if passed:
+                    run.append(lam)
+                else:
+                    if run and (not best_run or run[-1] - run[0] > best_run[-1] - best_run[0]):
+                        best_run = tuple(run)
+                    run = []
+            width = (best_run[-1] - best_run[0]) if best_run else 0.0
+            out.append({"corpus": corpus, "decoding": dec, "family": family, "stat": stat,
+                        "passing_lambdas": [lam for lam, p in ok if p], "widest_run": list(best_run),
+                        "width": round(width, 4), "met": bool(best_run) and width >= GOAL["width"] - 1e-9})
+    return out
+
+
+def write_csv(rows: list, path: str) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def plot_corpus(rows: list, corpus: str, path: str, stat: str = "median") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    decs = sorted({r["decoding"] for r in rows if r["corpus"] == corpus})
+    panels = [("style_ppl", "style perplexity", True), ("base_ppl", "base-model perplexity", True),
+              ("rep4", "4-gram repetition rate", False), ("js_bits", "JS divergence (bits)", False)]
+    fig, axes = plt.subplots(len(decs), len(panels), figsize=(4.2 * len(panels), 3.4 * len(decs)), squeeze=False)
+    for i, dec in enumerate(decs):
+        prompt_rows = [r for r in rows if r["corpus"] == corpus and r["decoding"] == dec and r["family"] == "prompt"]
+        for j, (metric, title, log) in enumerate(panels):
+            ax = axes[i][j]
+            for fam, (color, ls) in FAMILY_STYLE.items():
+                curve = family_curve(rows, corpus, dec, fam)
+                if len(curve) < 2:
+                    continue
+                ax.plot([r["lambda"] for r in curve], [r[f"{metric}_{stat}"] for r in curve], ls, color=color,
+                        marker="o", ms=3, label=fam)
+            for r in prompt_rows:
+                ax.axhline(r[f"{metric}_{stat}"], color="gray", ls=":", label="prompt only")
+            ax.set_title(f"{title} ({dec})", fontsize=9)
+            ax.set_xlabel("lambda")
+            if log:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"{corpus}: per-prompt {stat}s", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
+
+
+def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3, 0.5, 1.0)) -> str:
+    meta = result["meta"]
+    s = meta["settings"]
+    lines = [f"# Style steering evaluation", "",
+             f"- model: `{os.path.basename(str(meta['model']).rstrip('/'))}`, backend: {meta['backend']}, "
+             f"machine: {meta['machine']}",
+             f"- prompts: {len(meta['prompts'])}, max new tokens: {s['max_tokens']}, decodings: "
+             f"{', '.join(s['decodings'])} (sampling: top-p {s['top_p']}, T {s['temperature']}, seed {s['seed']} + prompt index)",
+             f"- lambdas: {', '.join(f'{x:g}' for x in s['lambdas'])}; best = exact + adaptive + loop guard "
+             f"{s['loop_guard']}",
+             f"- base ppl: {meta['base_ppl_source']}; JS: {meta['js_source']}",
+             "- cells: per-prompt median (mean in the CSV/JSON)", ""]
+    for t in meta.get("timings", []):
+        lines.append(f"- {t['corpus']}: {t['sequences']} sequences, {t['generated_tokens']:,} tokens generated "
+                     f"in {t['generate_seconds']} s ({t['tokens_per_second']} tok/s)")
+    lines.append("")
+    lines += ["## Goal check (best mode, per-prompt medians)", "",
+              f"style ppl <= {1 - GOAL['style_cut']:.0%} of lambda 0, base ppl <= +{GOAL['base_rel']:.0%}, "
+              f"rep4 <= +{GOAL['rep4_abs']}, over a contiguous lambda range >= {GOAL['width']} wide", "",
+              "| corpus | decoding | passing lambdas | widest run | met |", "|---|---|---|---|---|"]
+    for g in goals:
+        run = f"{g['widest_run'][0]:g}-{g['widest_run'][-1]:g}" if g["widest_run"] else "-"
+        lines.append(f"| {g['corpus']} | {g['decoding']} | {', '.join(f'{x:g}' for x in g['passing_lambdas']) or '-'} "
+                     f"| {run} | {'yes' if g['met'] else 'no'} |")
+    lines.append("")
+    for corpus in sorted({r["corpus"] for r in rows}):
+        for dec in sorted({r["decoding"] for r in rows if r["corpus"] == corpus}):
+            lines += [f"## {corpus}, {dec}", "",
+                      "| family | lambda | style ppl | base ppl | rep4 | JS bits | unigram overlap | bigram seen | tokens |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            sel = [r for r in rows if r["corpus"] == corpus and r["decoding"] == dec and
+                   (r["lambda"] == 0 or any(abs(r["lambda"] - x) < 1e-9 for x in table_lambdas))]
+            for r in sel:
+                lines.append(f"| {r['family']} | {r['lambda']:g} | {_fmt(r['style_ppl_median'])} | "
+                             f"{_fmt(r['base_ppl_median'])} | {_fmt(r['rep4_median'])} | {_fmt(r['js_bits_median'])} | "
+                             f"{_fmt(r['unigram_overlap_median'])} | {_fmt(r['bigram_seen_median'])} | "
+                             f"{_fmt(r['tokens_median'])} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, out_dir: str, plots: bool = True) -> dict:
+    """Write summary.csv, results.json, generations.jsonl, <corpus>.png and summary.md into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    rows = aggregate(result["records"])
+    goals = goal_check(rows)
+    write_csv(rows, os.path.join(out_dir, "summary.csv"))
+    metrics_only = [{k: v for k, v in r.items() if k != "text"} for r in result["records"]]
+    with open(os.path.join(out_dir, "results.json"), "w") as fh:
+        json.dump(_json_safe({"meta": result["meta"], "goal": goals, "summary": rows, "records": metrics_only}),
+                  fh, indent=1)
+    with open(os.path.join(out_dir, "generations.jsonl"), "w") as fh:
+        for r in result["records"]:
+            fh.write(json.dumps({k: r[k] for k in ("corpus", "decoding", "family", "lambda", "prompt_id", "text")},
+                                ensure_ascii=False) + "\n")
+    paths = {"csv": "summary.csv", "json": "results.json", "generations": "generations.jsonl", "md": "summary.md"}
+    if plots:
+        for corpus in sorted({r["corpus"] for r in rows}):
+            name = f"{corpus}.png"
+            plot_corpus(rows, corpus, os.path.join(out_dir, name))
+            paths[f"plot:{corpus}"] = name
+    with open(os.path.join(out_dir, "summary.md"), "w") as fh:
+        fh.write(markdown(result, rows, goals))
+    return {k: os.path.join(out_dir, v) for k, v in paths.items()}
