@@ -6,7 +6,10 @@ runner v2 keeps them), gathers the row's last MAX_ORDER-1 tokens (mode a: a righ
 tensor; mode b: the device token history all_token_ids[slot, last_pos - age]), then for each order
 finds the context in the tables (gpu_tables.py: order 1 direct, n >= 2 hashed with full-key compare)
 and adds strength x delta to the logits of the context's tokens (tokens >= V skipped). Rows with no
-variant or zero effective strength are never written: they stay bit-identical.
+variant or zero effective strength are never written: they stay bit-identical. Out-of-range ids
+are unsteered rather than errors (a device-side error would need a sync to report): variant ids
+outside [0, num_variants), slots outside [0, S); history positions outside [0, L) are missing
+tokens. Strengths are validated upstream (finite); a NaN strength would write NaN.
 
 Contributions of different orders can hit the same token, and different threads of the program
 handle them: a barrier after each order's writes orders those read-modify-writes (CUDA's
