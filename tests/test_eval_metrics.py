@@ -60,6 +60,13 @@ def test_style_ppl_matches_naive(seed, orders, top_k):
             want = naive_mixture_logprob(naive, pack.weights, seq, pack.smoothing_k, vocab, truncated)
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
             assert scorer.style_ppl(seq) == pytest.approx(math.exp(-np.mean(want)), rel=1e-12)
+            for i in (0, 1, 2, len(seq) - 1):
+                dense = scorer.mixture_dense(seq, i)
+                # top-K truncation loses the mass of dropped continuations; without it P_mix sums to 1
+                assert dense.sum() <= 1 + 1e-9
+                if top_k >= vocab and not truncated:
+                    assert dense.sum() == pytest.approx(1.0, abs=1e-9)
+                assert math.log(dense[seq[i]]) == pytest.approx(want[i], rel=1e-12)
 
 
 def test_style_ppl_uniform_fallback():

@@ -35,6 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--js-prompts", type=int,
                    help="vLLM backend: JS divergence (a transformers forward per sequence) for the first N prompts "
                         "only (default all; 0 = none)")
+    p.add_argument("--js-decodings", nargs="+", choices=list(DECODINGS), help="vLLM backend: JS divergence only "
+                   "for these decodings (default all)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -85,9 +87,11 @@ def run(args) -> int:
                             else lambdas,
                             decodings=tuple(dict.fromkeys(args.decodings)), max_tokens=args.max_tokens,
                             top_p=args.top_p, temperature=args.temperature, seed=args.seed,
-                            loop_guard=args.loop_guard, js_prompts=args.js_prompts)
+                            loop_guard=args.loop_guard, js_prompts=args.js_prompts,
+                            js_decodings=tuple(args.js_decodings or args.decodings))
     result = run_evaluation(model_dir, corpora, prompts, settings, backend=args.backend, progress=not args.quiet,
-                            enforce_eager=args.enforce_eager)
+                            enforce_eager=args.enforce_eager,
+                            on_corpus_done=lambda partial: write_report(partial, args.out, plots=False))
     paths = write_report(result, args.out, plots=not args.no_plots)
     for kind, path in paths.items():
         print(f"{kind}: {path}")

@@ -105,6 +105,36 @@ class PackScorer:
         mix = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0 / self.vocab)
         return np.log(mix)
 
+    def mixture_dense(self, tokens, i: int) -> np.ndarray:
+        """[V] float64 P_mix(. | tokens[:i]) over the whole vocabulary (same conventions as
+        mixture_logprob, whose value at i is log of this vector's entry tokens[i])."""
+        seq = [int(x) for x in tokens[:i]]
+        num = np.zeros(self.vocab, dtype=np.float64)
+        den = 0.0
+        for n, w in enumerate(self.weights, 1):
+            if w <= 0:
+                continue
+            if n == 1 and not self.truncated_unigrams:
+                counts = self.pack.unigram_counts.astype(np.float64)
+                total = counts.sum()
+                if total <= 0:
+                    continue
+                p = (counts + self.k) / (total + self.k * self.vocab)
+            else:
+                if len(seq) < n - 1:
+                    continue
+                row = self._ctx_index[n - 1].get(tuple(seq[len(seq) - (n - 1):]) if n > 1 else (), -1)
+                if row < 0:
+                    continue
+                t = self.pack.tables[n - 1]
+                total = float(t.context_total[row])
+                a, b = int(t.context_offsets[row]), int(t.context_offsets[row + 1])
+                p = np.full(self.vocab, self.k / (total + self.k * self.vocab))
+                p[t.entry_tokens[a:b]] = (t.entry_counts[a:b] + self.k) / (total + self.k * self.vocab)
+            num += w * p
+            den += w
+        return num / den if den > 0 else np.full(self.vocab, 1.0 / self.vocab)
+
     def style_ppl(self, tokens) -> float:
         return ppl_from_logprobs(self.mixture_logprob(tokens))
 
@@ -154,7 +184,9 @@ def js_divergence_bits(p_logits, q_logits):
     # p log(p/m) with 0 log 0 = 0 (masked tokens have p = 0)
     kl_p = torch.where(lp > -math.inf, lp.exp() * (lp - lm), torch.zeros_like(lp)).sum(-1)
     kl_q = torch.where(lq > -math.inf, lq.exp() * (lq - lm), torch.zeros_like(lq)).sum(-1)
-    return (0.5 * (kl_p + kl_q) / LN2).clamp(min=0.0)
+    js = (0.5 * (kl_p + kl_q) / LN2).clamp(min=0.0)
+    same = (p_logits == q_logits).all(-1)  # untouched rows: exactly 0, not rounding noise
+    return torch.where(same, torch.zeros_like(js), js)
 
 
 @dataclass

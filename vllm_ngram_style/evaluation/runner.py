@@ -79,6 +79,7 @@ class EvalSettings:
     seed: int = 0
     loop_guard: int = DEFAULT_GUARD
     js_prompts: int | None = None  # vLLM backend: JS divergence for the first n prompts (None = all)
+    js_decodings: tuple = DECODINGS  # vLLM backend: ... and only for these decodings
 
     def configs(self) -> list:
         out = [RunConfig("unsteered", 0.0), RunConfig("prompt", 0.0)]
@@ -113,8 +114,9 @@ def make_backend(kind: str, model_dir: str, corpora: list, packs: dict, max_mode
 
 
 def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalSettings, backend="auto",
-                   progress: bool = True, enforce_eager: bool = False, log=print) -> dict:
-    """Generate and score everything. Returns {"meta": ..., "records": [one dict per generation]}."""
+                   progress: bool = True, enforce_eager: bool = False, log=print, on_corpus_done=None) -> dict:
+    """Generate and score everything. Returns {"meta": ..., "records": [one dict per generation]}.
+    on_corpus_done(partial_result), if given, runs after each corpus (e.g. to write a report early)."""
     from tqdm.auto import tqdm
 
     from ..pack import load_pack
@@ -171,7 +173,8 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
                                                       unit="seq", disable=not progress):
             js = res.js_bits
             lp_diff = None
-            if js_scorer is not None and (settings.js_prompts is None or pi < settings.js_prompts):
+            if js_scorer is not None and (settings.js_prompts is None or pi < settings.js_prompts) \
+                    and dec in settings.js_decodings:
                 hf_lp, js = js_scorer.score(req.prompt_ids, res.token_ids, req.steer)
                 if hf_lp:
                     lp_diff = float(np.max(np.abs(np.asarray(hf_lp) - np.asarray(res.base_logprobs))))
@@ -186,13 +189,20 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
             records.append(rec)
         timings[-1]["score_seconds"] = round(time.perf_counter() - t2, 1)
         log(f"[{corpus.name}] generated {n_tok:,} tokens in {gen_s:.0f} s ({n_tok / max(gen_s, 1e-9):.1f} tok/s)")
-    meta = {"model": model_dir, "backend": gen.name, "settings": asdict(settings),
+        if on_corpus_done is not None:
+            on_corpus_done({"meta": _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s),
+                            "records": records})
+    return {"meta": _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s), "records": records}
+
+
+def _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s) -> dict:
+    return {"model": os.path.basename(os.path.normpath(model_dir)), "backend": gen.name, "settings": asdict(settings),
             "corpora": [asdict(c) | {"pack_path": os.path.basename(c.pack_path)} for c in corpora],
             "prompts": [asdict(p) for p in prompts], "timings": timings, "startup_seconds": round(startup_s, 1),
             "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".strip(),
             "js_source": ("transformers backend, during generation" if gen.name == "transformers" else
                           f"transformers forward over prompt+generation, first "
-                          f"{'all' if settings.js_prompts is None else settings.js_prompts} prompts"),
+                          f"{'all' if settings.js_prompts is None else settings.js_prompts} prompts, "
+                          f"{'/'.join(settings.js_decodings)}"),
             "base_ppl_source": ("vLLM raw logprobs (before logits processors)" if gen.name == "vllm"
                                 else "log_softmax of unsteered logits at each step")}
-    return {"meta": meta, "records": records}
