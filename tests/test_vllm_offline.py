@@ -26,6 +26,16 @@ MAX_SEQS = 8  # fewer than the churn test's requests: they must queue, join and 
 STATS = Counter()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-wait contention (100x slower on a
+    loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class RecordingProcessor(NgramStyleLogitsProcessor):
     """The real processor, counting the batch updates vLLM sends it (to prove the churn test churns)."""
 

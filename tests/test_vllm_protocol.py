@@ -35,6 +35,16 @@ MODES = ("exact", "paper")
 HAS_KERNEL = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "kernels", "launcher.py"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-wait contention (100x slower on a
+    loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def train_test_packs(tokenizer_dir, folder):
     """Two styles counted with the served tokenizer (orders 3 and 4): {name: path}."""
     out = {}
@@ -243,7 +253,7 @@ def test_v2_protocol(tiny_tokenizer_dir, packs, backend, monkeypatch):
     live = {}  # slot -> [extra, prefill_done (tokens computed so far)]
     free = list(range(S))
     checked = steered_rows = partial_rows = 0
-    for step in range(70 if backend == "reference" else 25):
+    for step in range(70 if backend == "reference" else 50):
         for slot in [s for s in live if rng.random() < 0.15 or total_len[s] >= L - 1]:
             del live[slot]  # finished: no hook; the slot is recycled later with new params
             free.append(slot)
@@ -300,7 +310,7 @@ def test_v2_protocol(tiny_tokenizer_dir, packs, backend, monkeypatch):
                 all_ids[s, total_len[s]] = tok
                 total_len[s] += 1
                 live[s][1] = int(total_len[s])
-    assert checked > (250 if backend == "reference" else 60) and steered_rows > checked // 3 and partial_rows > 5
+    assert checked > (250 if backend == "reference" else 150) and steered_rows > checked // 3 and partial_rows > 5
 
 
 def test_v2_skips_unsteered_batches_without_work(tiny_tokenizer_dir, packs):

