@@ -37,6 +37,11 @@ def add_arguments(p) -> None:
                         "only (default all; 0 = none)")
     p.add_argument("--js-decodings", nargs="+", choices=list(DECODINGS), help="vLLM backend: JS divergence only "
                    "for these decodings (default all)")
+    p.add_argument("--family-lambdas", action="append", default=[], metavar="FAMILY=L1,L2,...",
+                   help="a coarser (or other) strength grid for one family, e.g. paper=0.1,0.3,1 (repeatable)")
+    p.add_argument("--sample-families", nargs="+",
+                   choices=["unsteered", "prompt", *STEERED_FAMILIES, "prompt+best"],
+                   help="run sampling only for these families (default all; greedy always runs every family)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -82,13 +87,24 @@ def run(args) -> int:
     if any(not (0 <= x <= 5) for x in args.lambdas):
         raise ConfigError("--lambdas must lie in [0, 5]")
     lambdas = tuple(sorted(set([0.0] + list(args.lambdas))))
+    family_lambdas = {}
+    for spec in args.family_lambdas:
+        fam, sep, values = spec.partition("=")
+        if not sep or fam not in args.families:
+            raise ConfigError(f"--family-lambdas {spec!r}: expected FAMILY=L1,L2,... with FAMILY in {args.families}")
+        try:
+            family_lambdas[fam] = tuple(sorted({float(x) for x in values.split(",") if x.strip()}))
+        except ValueError as exc:
+            raise ConfigError(f"--family-lambdas {spec!r}: {exc}") from exc
     settings = EvalSettings(lambdas=lambdas, families=tuple(args.families),
                             prompt_lambdas=tuple(sorted(set(args.prompt_lambdas))) if args.prompt_lambdas is not None
                             else lambdas,
                             decodings=tuple(dict.fromkeys(args.decodings)), max_tokens=args.max_tokens,
                             top_p=args.top_p, temperature=args.temperature, seed=args.seed,
                             loop_guard=args.loop_guard, js_prompts=args.js_prompts,
-                            js_decodings=tuple(args.js_decodings or args.decodings))
+                            js_decodings=tuple(args.js_decodings or args.decodings),
+                            sample_families=tuple(args.sample_families) if args.sample_families else None,
+                            family_lambdas=family_lambdas)
     result = run_evaluation(model_dir, corpora, prompts, settings, backend=args.backend, progress=not args.quiet,
                             enforce_eager=args.enforce_eager,
                             on_corpus_done=lambda partial: write_report(partial, args.out, plots=False))

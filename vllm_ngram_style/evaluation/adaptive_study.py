@@ -37,17 +37,22 @@ RULES = {
     "1-exp(-H)": lambda z: 1.0 - torch.exp(-_entropy(z)),
     "1-pmax": lambda z: 1.0 - torch.softmax(z, -1).max(-1).values,
 }
-LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0)
+LAMBDAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0)
 
 
-def step_stats(z: torch.Tensor, d: torch.Tensor, log_mix: torch.Tensor, scale: torch.Tensor, lam: float):
-    """z, d, log_mix: [T, V]; scale [T]. -> dict of [T] tensors (sampling and greedy gain/cost)."""
-    lp = torch.log_softmax(z, -1)  # [T, V]
-    lq = torch.log_softmax(z + lam * scale[:, None] * d, -1)  # [T, V]
-    p, q = lp.exp(), lq.exp()
-    gain = (q * log_mix).sum(-1) - (p * log_mix).sum(-1)
-    cost = -(q * lp).sum(-1) + (p * lp).sum(-1)
-    a_p, a_q = z.argmax(-1, keepdim=True), (z + lam * scale[:, None] * d).argmax(-1, keepdim=True)
+def step_stats(z: torch.Tensor, d: torch.Tensor, log_mix: torch.Tensor, scale: torch.Tensor, lam: float, base=None):
+    """z, d, log_mix: [T, V]; scale [T]. -> dict of [T] tensors (sampling and greedy gain/cost).
+    base: the lambda-independent (lp, E_p[log_mix], E_p[log p], argmax p), to reuse across calls."""
+    if base is None:
+        lp = torch.log_softmax(z, -1)  # [T, V]
+        p = lp.exp()
+        base = (lp, (p * log_mix).sum(-1), (p * lp).sum(-1), z.argmax(-1, keepdim=True))
+    lp, p_mix, p_lp, a_p = base
+    zq = z + lam * scale[:, None] * d  # [T, V]
+    q = torch.softmax(zq, -1)
+    gain = (q * log_mix).sum(-1) - p_mix
+    cost = -(q * lp).sum(-1) + p_lp
+    a_q = zq.argmax(-1, keepdim=True)
     g_gain = (log_mix.gather(1, a_q) - log_mix.gather(1, a_p))[:, 0]
     g_cost = (lp.gather(1, a_p) - lp.gather(1, a_q))[:, 0]
     return {"sample_gain": gain, "sample_cost": cost, "greedy_gain": g_gain, "greedy_cost": g_cost}
@@ -98,11 +103,14 @@ def run_study(model_dir: str, packs: dict, texts, lambdas=LAMBDAS) -> dict:
             mix = np.stack([scorer.mixture_dense(gen, i) for i in range(len(gen))])  # [T, V_pack]
             log_mix = torch.full((len(gen), v), math.log(1e-30))  # tokens beyond the pack's vocab: ~0 prob
             log_mix[:, :mix.shape[1]] = torch.from_numpy(np.log(mix)).float()
+            lp = torch.log_softmax(z, -1)
+            p = lp.exp()
+            base = (lp, (p * log_mix).sum(-1), (p * lp).sum(-1), z.argmax(-1, keepdim=True))
             for r, fn in RULES.items():
                 s = fn(z)
                 mean_scale[r].append(s)
                 for lam in lambdas:
-                    st = step_stats(z, d, log_mix, s, lam)
+                    st = step_stats(z, d, log_mix, s, lam, base)
                     for k, val in st.items():
                         acc[(r, lam)][k].append(val)
         rows = []
@@ -152,7 +160,15 @@ def main(argv=None) -> int:
     for path in args.pack:
         pack = load_pack(path)
         packs[pack.name] = pack
-    texts = generate_texts(model_dir, load_prompts(per_category=args.per_category), args.max_tokens)
+    os.makedirs(args.out, exist_ok=True)
+    cache = os.path.join(args.out, "texts.json")  # the unsteered generations, reused by later runs
+    if os.path.exists(cache):
+        with open(cache) as fh:
+            texts = [tuple(x) for x in json.load(fh)]
+    else:
+        texts = generate_texts(model_dir, load_prompts(per_category=args.per_category), args.max_tokens)
+        with open(cache, "w") as fh:
+            json.dump(texts, fh)
     study = run_study(model_dir, packs, texts)
     os.makedirs(args.out, exist_ok=True)
     result = {"setup": {"prompts_per_category": args.per_category, "max_tokens": args.max_tokens, "texts": len(texts),

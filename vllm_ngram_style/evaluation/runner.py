@@ -80,11 +80,13 @@ class EvalSettings:
     loop_guard: int = DEFAULT_GUARD
     js_prompts: int | None = None  # vLLM backend: JS divergence for the first n prompts (None = all)
     js_decodings: tuple = DECODINGS  # vLLM backend: ... and only for these decodings
+    sample_families: tuple | None = None  # families also run with sampling (None = all); greedy runs all
+    family_lambdas: dict = field(default_factory=dict)  # family -> its own strengths (default: lambdas)
 
     def configs(self) -> list:
         out = [RunConfig("unsteered", 0.0), RunConfig("prompt", 0.0)]
         for fam in self.families:
-            out += [RunConfig(fam, float(lam)) for lam in self.lambdas if lam > 0]
+            out += [RunConfig(fam, float(lam)) for lam in self.family_lambdas.get(fam, self.lambdas) if lam > 0]
         out += [RunConfig("prompt+best", float(lam)) for lam in self.prompt_lambdas if lam > 0]
         return out
 
@@ -156,6 +158,9 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
             for pi, prompt in enumerate(prompts):
                 ids = instructed_ids[corpus.name][pi] if cfg.instructed else plain_ids[pi]
                 for dec in settings.decodings:
+                    if dec != "greedy" and settings.sample_families is not None \
+                            and cfg.family not in settings.sample_families:
+                        continue
                     greedy = dec == "greedy"
                     reqs.append(GenRequest(ids, steer, settings.max_tokens, 0.0 if greedy else settings.temperature,
                                            1.0 if greedy else settings.top_p, settings.seed + pi))
