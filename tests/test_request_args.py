@@ -159,6 +159,9 @@ class _Params:
 
 
 def test_validate_sampling_params_uses_env(tmp_path, monkeypatch):
+    from vllm_ngram_style import server_config
+
+    monkeypatch.setattr(server_config, "_active", [])  # forget processors other tests built in this process
     monkeypatch.setenv(ENV_CONFIG, write(tmp_path / "c.json", {"styles": {"quixote": "q.stylepack"}}))
     assert validate_sampling_params(_Params(None)) is None
     assert validate_sampling_params(_Params({"style": "quixote"})).style == "quixote"

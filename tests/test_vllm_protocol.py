@@ -337,3 +337,85 @@ def test_v2_skips_unsteered_batches_without_work(tiny_tokenizer_dir, packs):
                         seq_lens_upper_bound_np=np.array([1, 1]))
     logits = torch.randn(2, V)
     assert proc.apply(logits, ctx) is logits
+
+
+_SYNCING = {"item", "tolist", "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "cpu",
+            "numpy", "__bool__", "__int__", "__float__", "__index__"}
+
+
+def _sync_calls(fn):
+    """Names of torch calls made by fn() that make a CUDA host wait for the device (or that would,
+    on CUDA): .item(), .tolist(), nonzero, boolean-mask indexing, repeat_interleave without
+    output_size, Python truth values of tensors, device -> host copies."""
+    from torch.overrides import TorchFunctionMode
+
+    calls = []
+
+    def flat(xs):
+        for x in xs:
+            if isinstance(x, (tuple, list)):
+                yield from flat(x)
+            else:
+                yield x
+
+    class Detector(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", str(func))
+            if name in _SYNCING:
+                calls.append(name)
+            elif name == "repeat_interleave" and "output_size" not in kwargs:
+                calls.append(name)
+            elif name in ("__getitem__", "__setitem__", "index_put_", "index_put") and len(args) > 1 and any(
+                    isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in flat([args[1]])):  # the index
+                calls.append(name + "[bool mask]")
+            elif name == "to" and any(str(a) == "cpu" for a in flat(list(args[1:]) + list(kwargs.values()))):
+                calls.append("to(cpu)")
+            return func(*args, **kwargs)
+
+    with Detector():
+        fn()
+    return calls
+
+
+def test_v2_apply_makes_no_host_sync_calls(tiny_tokenizer_dir, packs):
+    """Everything the V2 adapter and the core do around the kernel launch (slot gathers, history
+    windows, adaptive scale, loop guard) is device-only. The launch itself is recorded, not run:
+    the kernel's own launcher is checked in the kernel tests."""
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+
+    from vllm_ngram_style.vllm_v2 import NgramStyleLogitsProcessorV2
+
+    S, L = 6, 40  # noqa: N806
+    ids = torch.randint(3, 300, (S, L), dtype=torch.int32)
+    plen = torch.full((S,), 5, dtype=torch.int32)
+    rs = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=S, vocab_size=V,
+                                all_token_ids=_DeviceBuffer(ids), prompt_len=_DeviceBuffer(plen),
+                                prefill_len=_DeviceBuffer(plen.clone()), total_len=_DeviceBuffer(plen + 20))
+    proc = NgramStyleLogitsProcessorV2(fake_vllm_config(tiny_tokenizer_dir, packs), rs)
+    launches = []
+    proc.core.backend = "triton"  # take the kernel branch, with a recording stand-in for the launcher
+
+    class _Launcher:
+        def apply_from_history(self, *args, **kw):
+            launches.append((args, kw))
+
+    proc.core.op = _Launcher()
+    extras = [{"style": "alpha", "style_adaptive": 1, "style_loop_guard": 3}, None,
+              {"style": "beta", "style_loop_guard": 2, "style_mode": "paper"}, {"style": "alpha"}]
+    for slot, extra in enumerate(extras):
+        proc.add_request(slot, SamplingParams(extra_args=extra))
+    proc.apply_staged_writes()
+    slots = [2, 0, 1, 3]
+    row_slot = torch.tensor(slots, dtype=torch.int32)
+    pos = torch.tensor([24, 24, 24, 3], dtype=torch.int64)
+    ctx = LogitsContext(expanded_idx_mapping=row_slot, idx_mapping=row_slot, idx_mapping_np=np.array(slots),
+                        expanded_local_pos=torch.zeros(4, dtype=torch.int32), input_ids=ids[row_slot.long(), pos],
+                        pos=pos, seq_lens_upper_bound_np=pos.numpy() + 1)
+    logits = torch.randn(4, V)
+    assert _sync_calls(lambda: proc.apply(logits, ctx)) == []
+    assert len(launches) == 1 and launches[0][1]["row_scale"] is not None
+    # the detector itself works: the reference op's gather syncs on CUDA, so do masks and .item()
+    assert _sync_calls(lambda: (logits[logits > 0], logits.sum().item())) == ["__getitem__[bool mask]", "item"]
+    assert "repeat_interleave" in _sync_calls(lambda: Oracle(packs).row(logits[0], {"style": "alpha"}, [5, 6], []))

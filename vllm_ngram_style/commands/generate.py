@@ -39,6 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     p.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU, auto on GPU)")
     p.add_argument("--max-model-len", type=int, default=None, help="engine context length (default: the model's)")
+    p.add_argument("--compile", action="store_true",
+                   help="let vLLM compile the model (faster decoding, slower start; the default on GPU)")
     p.add_argument("--width", type=int, default=0, help="output width in characters (default: the terminal's)")
     p.add_argument("--verbose", action="store_true", help="keep vLLM's own log output")
 
@@ -104,10 +106,14 @@ def run(args) -> int:
     if on_cpu:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: starts in seconds
     if not args.verbose:
+        import warnings
+
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     prompts = args.prompt or list(DEFAULT_PROMPTS)
     width = args.width or min(shutil.get_terminal_size((120, 24)).columns, 160)
-    print(f"model: {args.model}\nstyles: {', '.join(cfg.names)}   ({len(prompts)} prompts x "
+    print(f"model: {args.model}\nstyles: {', '.join(cfg.names)}   ({len(prompts)} prompt{'s' if len(prompts) > 1 else ''} x "
           f"{len(cfg.names) + 1} variants, {args.max_tokens} tokens each, "
           f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature:g}'})\n"
           "loading the engine...", file=sys.stderr, flush=True)
@@ -116,6 +122,7 @@ def run(args) -> int:
 
     llm = LLM(model=args.model, dtype=args.dtype or ("float32" if on_cpu else "auto"), seed=args.seed,
               max_model_len=args.max_model_len, logits_processors=[PROCESSORS[processor]],
+              enforce_eager=on_cpu and not args.compile,  # on CPU compiling costs more than a short run saves
               additional_config={"ngram_style": {"styles": cfg.styles, "modes": list(cfg.modes)}})
     variants = [("unsteered", None)] + [(_label(args, n), _request_extra(args, n)) for n in cfg.names]
     params = [SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,

@@ -1,0 +1,98 @@
+"""The `serve` and `generate` commands: pre-flight checks (fast, no engine) and one real generate run."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+from test_vllm_protocol import train_test_packs
+
+from vllm_ngram_style.cli import main
+from vllm_ngram_style.commands.generate import render
+from vllm_ngram_style.commands.serve import V1_CLASS, _strip
+
+
+@pytest.fixture(scope="module")
+def packs(tiny_model_dir, tmp_path_factory):
+    return train_test_packs(tiny_model_dir, tmp_path_factory.mktemp("cmd_packs"))
+
+
+def test_serve_check_prints_the_vllm_command(tiny_model_dir, packs, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    conf = tmp_path / "styles.json"
+    conf.write_text(json.dumps({"styles": {"gamma": packs["beta"]}}))
+    rc = main(["serve", tiny_model_dir, "--style", f"alpha={packs['alpha']}", "--port", "8011",
+               "--style-config", str(conf), "--dtype", "float32", "--modes", "exact",
+               "--additional-config", '{"other": 1}', "--logits-processors", "x.y:Z", "--check"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    cmd = shlex.split(out.split("starting: ", 1)[1])
+    assert cmd[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir]
+    i = cmd.index("--logits-processors")
+    assert cmd[i + 1:i + 3] == ["x.y:Z", V1_CLASS]  # no GPU: the V1 interface
+    assert "--port" in cmd and "--dtype" in cmd and "--check" not in cmd and "--style" not in cmd
+    assert cmd.count("--additional-config") == 1
+    additional = json.loads(cmd[cmd.index("--additional-config") + 1])
+    assert additional == {"other": 1, "ngram_style": {"styles": {"alpha": packs["alpha"], "gamma": packs["beta"]},
+                                                      "modes": ["exact"]}}
+    assert "alpha" in out and "gamma" in out
+
+
+@pytest.mark.parametrize("argv_tail,message", [
+    (["--style", "alpha"], "--style wants NAME=PATH.stylepack, got 'alpha'"),
+    (["--style", "alpha=/nonexistent.stylepack"], "style 'alpha': style pack not found: '/nonexistent.stylepack'"),
+    (["--style", "alpha=A", "--modes", "exact,fancy"], "unknown mode fancy"),
+    ([], "no styles: give --style NAME=PATH.stylepack"),
+    (["--style", "alpha=A", "--speculative-config", "{}"], "does not support speculative decoding"),
+    (["--style", "alpha=A", "--model", "x"], "give the model as the first argument"),
+    (["--style", "alpha=A", "--additional-config", "{bad"], "--additional-config is not valid JSON"),
+    (["--style-config", "/nonexistent/conf.json"], "config file not found"),
+])
+def test_serve_errors_before_starting(tiny_model_dir, packs, capsys, argv_tail, message):
+    argv_tail = [a.replace("alpha=A", f"alpha={packs['alpha']}") for a in argv_tail]
+    rc = main(["serve", tiny_model_dir, *argv_tail, "--check"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+
+
+def test_serve_refuses_pack_of_another_tokenizer(packs, tmp_path, capsys):
+    from vllm_ngram_style.testing.tiny import build_tiny_tokenizer
+
+    other = build_tiny_tokenizer(str(tmp_path / "other"), vocab_size=300)
+    assert main(["serve", other, "--style", f"alpha={packs['alpha']}", "--check"]) == 2
+    assert "was trained with another tokenizer" in capsys.readouterr().err
+
+
+def test_strip_options():
+    argv = ["--port", "1", "--logits-processors", "a:B", "c:D", "--additional-config", '{"x": 1}', "--dtype",
+            "float32", "--additional-config={}", "--logits-processors=e:F"]
+    assert _strip(argv, {"--additional-config": 1, "--logits-processors": None}) == \
+        ["--port", "1", "--dtype", "float32"]
+
+
+def test_render_side_by_side_and_stacked():
+    cols = [("unsteered", "a b c " * 20), ("quixote (λ=0.3, exact)", "")]
+    wide = render("A prompt", cols, 100)
+    assert " │ " in wide and "(empty)" in wide and all(len(line) <= 100 for line in wide.splitlines())
+    narrow = render("A prompt", cols, 50)
+    assert " │ " not in narrow and "unsteered" in narrow and "quixote" in narrow
+
+
+def test_generate_end_to_end(tiny_model_dir, packs):
+    """The README's main command, on the tiny model: unsteered and one column per style."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_HOST_IP="127.0.0.1",
+               VLLM_NO_USAGE_STATS="1")
+    cmd = [sys.executable, "-m", "vllm_ngram_style.cli", "generate", "--model", tiny_model_dir,
+           "--style", f"alpha={packs['alpha']}", "--style", f"beta={packs['beta']}", "--strength", "1.5",
+           "--adaptive", "--loop-guard", "3", "--prompt", "The knight said", "--prompt", "Market price",
+           "--max-tokens", "12", "--width", "150"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert out.count("The knight said") == 1 and out.count("Market price") == 1
+    assert "unsteered" in out and "alpha (λ=1.5, exact, adaptive, loop guard 3)" in out and "beta (λ=1.5" in out
+    assert "tokens in" in proc.stderr
+    bad = subprocess.run(cmd[:6] + ["--style", f"alpha={packs['alpha']}", "--strength", "7"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "style_strength must be between 0 and 5, got 7" in bad.stderr
