@@ -419,3 +419,40 @@ def test_v2_apply_makes_no_host_sync_calls(tiny_tokenizer_dir, packs):
     # the detector itself works: the reference op's gather syncs on CUDA, so do masks and .item()
     assert _sync_calls(lambda: (logits[logits > 0], logits.sum().item())) == ["__getitem__[bool mask]", "item"]
     assert "repeat_interleave" in _sync_calls(lambda: Oracle(packs).row(logits[0], {"style": "alpha"}, [5, 6], []))
+
+
+def test_vllm_loaders_and_frontend_validators(tiny_tokenizer_dir, packs):
+    """vLLM's own loaders accept each class for its interface and reject it for the other; vLLM's
+    frontend validators (which hold the config but do not pass it) turn our errors into 400s."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.sample.logits_processor import _load_custom_logitsprocs, validate_logits_processors_parameters
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
+
+    from vllm_ngram_style.commands.serve import V1_CLASS, V2_CLASS
+
+    assert _load_custom_logitsprocs([V1_CLASS])[-1].__name__ == "NgramStyleLogitsProcessor"
+    assert _load_v2_logitsprocs_by_fqcns([V2_CLASS])[0].__name__ == "NgramStyleLogitsProcessorV2"
+    with pytest.raises(ValueError, match="not a subclass"):
+        _load_v2_logitsprocs_by_fqcns([V1_CLASS])
+    with pytest.raises(ValueError, match="must be a subclass"):
+        _load_custom_logitsprocs([V2_CLASS])
+
+    v2_validate = build_custom_logits_processors_params_validator([V2_CLASS])
+
+    class _InputProcessor:  # what vLLM's frontend looks like to validate_params: it holds vllm_config
+        vllm_config = fake_vllm_config(tiny_tokenizer_dir, {"alpha": packs["alpha"]})
+
+        def v1(self, params):
+            validate_logits_processors_parameters([V1_CLASS], params)
+
+        def v2(self, params):
+            v2_validate(params)
+
+    front = _InputProcessor()
+    for check in (front.v1, front.v2):
+        check(SamplingParams(extra_args={"style": "alpha", "style_strength": 1}))
+        check(SamplingParams())
+        with pytest.raises(VLLMValidationError, match=r"unknown style 'beta' \(style\); this server offers: alpha"):
+            check(SamplingParams(extra_args={"style": "beta"}))
