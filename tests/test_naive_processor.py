@@ -88,15 +88,17 @@ def test_naive_row_function_matches_dense_formula(tiny_tokenizer_dir, packs):
     o2 = style.orders[1]
     ctx2 = [int(t) for t in o2.context_tokens.reshape(-1)[:1]]  # a stored bigram context
     history = [7] + ctx2
-    row = torch.zeros(V, dtype=torch.float64)
-    steer_row(tables, 0.5, history[:1], history[1:], row)
-    expect = torch.zeros(V, dtype=torch.float64)
-    for o in style.orders:
-        m = o.order - 1
-        want = tuple(history[len(history) - m:]) if m else ()
-        for c in range(o.offsets.shape[0] - 1):
-            if tuple(o.context_tokens.reshape(len(o.offsets) - 1, m)[c].tolist()) == want:
-                for e in range(o.offsets[c], o.offsets[c + 1]):
-                    expect[o.tokens[e]] += 0.5 * o.deltas[e]
-    assert expect.abs().sum() > 0
-    torch.testing.assert_close(row, expect, rtol=1e-12, atol=1e-12)
+    for width in (V, int(style.orders[0].tokens.max())):  # the second drops a matched (unigram) token: narrow logits
+        row = torch.zeros(width, dtype=torch.float64)
+        steer_row(tables, 0.5, history[:1], history[1:], row)
+        expect = torch.zeros(width, dtype=torch.float64)
+        for o in style.orders:
+            m = o.order - 1
+            want = tuple(history[len(history) - m:]) if m else ()
+            for c in range(o.offsets.shape[0] - 1):
+                if tuple(o.context_tokens.reshape(len(o.offsets) - 1, m)[c].tolist()) == want:
+                    for e in range(o.offsets[c], o.offsets[c + 1]):
+                        if o.tokens[e] < width:
+                            expect[o.tokens[e]] += 0.5 * o.deltas[e]
+        assert expect.abs().sum() > 0
+        torch.testing.assert_close(row, expect, rtol=1e-12, atol=1e-12)

@@ -29,16 +29,18 @@ logger = logging.getLogger(__name__)
 
 
 class NaiveTables:
-    """One compiled (style, mode): per order, {context tuple (oldest first): (tokens [k] int64, deltas [k] float64)}."""
+    """One compiled (style, mode): per order, {context tuple (oldest first): (tokens [k] int64, deltas [k] float64)},
+    the tensors being views of one per-order array on ``device``."""
 
-    def __init__(self, style: CompiledStyle):
+    def __init__(self, style: CompiledStyle, device="cpu"):
         self.max_order = style.max_order
+        self.max_token = max((int(o.tokens.max()) for o in style.orders if o.tokens.size), default=-1)
         self.orders: list[dict] = []  # index n-1 holds order n
         for o in style.orders:
             table = {}
             ctx = np.asarray(o.context_tokens, dtype=np.int64).reshape(len(o.offsets) - 1, o.order - 1)  # [C, n-1]
-            tokens = torch.from_numpy(np.ascontiguousarray(o.tokens, dtype=np.int64))  # [E]
-            deltas = torch.from_numpy(np.ascontiguousarray(o.deltas, dtype=np.float64))  # [E]
+            tokens = torch.from_numpy(np.ascontiguousarray(o.tokens, dtype=np.int64)).to(device)  # [E]
+            deltas = torch.from_numpy(np.ascontiguousarray(o.deltas, dtype=np.float64)).to(device)  # [E]
             offsets = o.offsets.tolist()
             for i, key in enumerate(map(tuple, ctx.tolist())):
                 a, b = offsets[i], offsets[i + 1]
@@ -62,7 +64,7 @@ def steer_row(tables: NaiveTables, strength: float, prompt_ids: list, output_ids
         if hit is None:
             continue
         tokens, deltas = hit
-        if int(tokens[-1]) >= width:  # a pack's vocabulary may be wider than the logits (tokens are sorted)
+        if tables.max_token >= width:  # a pack's vocabulary may be wider than the logits
             keep = tokens < width
             tokens, deltas = tokens[keep], deltas[keep]
         # float64 products rounded to the logits dtype, accumulated order by order: as the plugin does.
@@ -80,7 +82,7 @@ class NaiveStyleLogitsProcessor(AdapterLogitsProcessor):
         self.cfg = server_config.config_from_vllm_config(vllm_config)
         fp, vocab = server_config.served_tokenizer_identity(vllm_config)
         packs = server_config.load_packs(self.cfg, fp, vocab)
-        self.tables = {(name, mode): NaiveTables(compile_style(packs[name], mode, name=name))
+        self.tables = {(name, mode): NaiveTables(compile_style(packs[name], mode, name=name), device)
                        for name in self.cfg.names for mode in self.cfg.modes}
         logger.info("naive style processor: %d (style, mode) tables", len(self.tables))
 
