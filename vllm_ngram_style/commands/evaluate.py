@@ -42,6 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument("--sample-families", nargs="+",
                    choices=["unsteered", "prompt", *STEERED_FAMILIES, "prompt+best"],
                    help="run sampling only for these families (default all; greedy always runs every family)")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="vLLM: sequences decoded together (default 256)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,7 +107,7 @@ def run(args) -> int:
                             sample_families=tuple(args.sample_families) if args.sample_families else None,
                             family_lambdas=family_lambdas)
     result = run_evaluation(model_dir, corpora, prompts, settings, backend=args.backend, progress=not args.quiet,
-                            enforce_eager=args.enforce_eager,
+                            enforce_eager=args.enforce_eager, max_num_seqs=args.max_num_seqs,
                             on_corpus_done=lambda partial: write_report(partial, args.out, plots=False))
     paths = write_report(result, args.out, plots=not args.no_plots)
     for kind, path in paths.items():

@@ -57,14 +57,15 @@ def family_curve(rows: list, corpus: str, decoding: str, family: str) -> list:
     return sorted(base + own, key=lambda r: r["lambda"])
 
 
-def goal_check(rows: list, family: str = "best", stat: str = "median") -> list:
+def goal_check(rows: list, family: str = "best", stat: str = "median", max_lambda: float | None = None) -> list:
     """For each corpus and decoding: the lambdas where the family cuts style ppl by >= 50% vs
     lambda 0 while base ppl stays within +10% and rep4 within +0.05 of unsteered, and the widest
     contiguous run of such lambdas (consecutive points of the sweep)."""
     out = []
     for corpus in sorted({r["corpus"] for r in rows}):
         for dec in sorted({r["decoding"] for r in rows if r["corpus"] == corpus}):
-            curve = family_curve(rows, corpus, dec, family)
+            curve = [r for r in family_curve(rows, corpus, dec, family)
+                     if max_lambda is None or r["lambda"] <= max_lambda + 1e-9]
             if not curve or curve[0]["lambda"] != 0:
                 continue
             b = curve[0]
@@ -83,7 +84,7 @@ def goal_check(rows: list, family: str = "best", stat: str = "median") -> list:
                         best_run = tuple(run)
                     run = []
             width = (best_run[-1] - best_run[0]) if best_run else 0.0
-            out.append({"corpus": corpus, "decoding": dec, "family": family, "stat": stat,
+            out.append({"corpus": corpus, "decoding": dec, "family": family, "stat": stat, "max_lambda": max_lambda,
                         "passing_lambdas": [lam for lam, p in ok if p], "widest_run": list(best_run),
                         "width": round(width, 4), "met": bool(best_run) and width >= GOAL["width"] - 1e-9})
     return out
@@ -152,7 +153,7 @@ def _fmt(x, digits=3):
     return f"{x:.{digits}g}"
 
 
-def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3, 0.5, 1.0)) -> str:
+def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0)) -> str:
     meta = result["meta"]
     s = meta["settings"]
     lines = [f"# Style steering evaluation", "",
@@ -169,12 +170,14 @@ def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3
                      f"in {t['generate_seconds']} s ({t['tokens_per_second']} tok/s)")
     lines.append("")
     lines += ["## Goal check (best mode, per-prompt medians)", "",
+              "Checked over the paper's range lambda <= 1 and over every swept lambda.", "",
               f"style ppl <= {1 - GOAL['style_cut']:.0%} of lambda 0, base ppl <= +{GOAL['base_rel']:.0%}, "
               f"rep4 <= +{GOAL['rep4_abs']}, over a contiguous lambda range >= {GOAL['width']} wide", "",
-              "| corpus | decoding | passing lambdas | widest run | met |", "|---|---|---|---|---|"]
+              "| corpus | decoding | lambdas | passing lambdas | widest run | met |", "|---|---|---|---|---|---|"]
     for g in goals:
         run = f"{g['widest_run'][0]:g}-{g['widest_run'][-1]:g}" if g["widest_run"] else "-"
-        lines.append(f"| {g['corpus']} | {g['decoding']} | {', '.join(f'{x:g}' for x in g['passing_lambdas']) or '-'} "
+        rng = "<= 1" if g.get("max_lambda") == 1.0 else "all"
+        lines.append(f"| {g['corpus']} | {g['decoding']} | {rng} | {', '.join(f'{x:g}' for x in g['passing_lambdas']) or '-'} "
                      f"| {run} | {'yes' if g['met'] else 'no'} |")
     lines.append("")
     for corpus in sorted({r["corpus"] for r in rows}):
@@ -197,7 +200,9 @@ def write_report(result: dict, out_dir: str, plots: bool = True) -> dict:
     """Write summary.csv, results.json, generations.jsonl, <corpus>.png and summary.md into out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     rows = aggregate(result["records"])
-    goals = goal_check(rows)
+    goals = goal_check(rows, max_lambda=1.0)
+    if any(r["lambda"] > 1.0 + 1e-9 for r in rows):
+        goals += goal_check(rows)
     write_csv(rows, os.path.join(out_dir, "summary.csv"))
     metrics_only = [{k: v for k, v in r.items() if k != "text"} for r in result["records"]]
     with open(os.path.join(out_dir, "results.json"), "w") as fh:

@@ -101,7 +101,7 @@ def encode_prompt(tok, text: str) -> list:
 
 
 def make_backend(kind: str, model_dir: str, corpora: list, packs: dict, max_model_len: int,
-                 enforce_eager: bool = False, batch_size: int = 16):
+                 enforce_eager: bool = False, batch_size: int = 16, max_num_seqs: int = 256):
     modes = ("exact", "paper")
     if kind == "auto":
         kind = "vllm" if vllm_plugin_available() else "transformers"
@@ -109,14 +109,15 @@ def make_backend(kind: str, model_dir: str, corpora: list, packs: dict, max_mode
         if not vllm_plugin_available():
             raise ConfigError("the vllm backend needs vLLM and vllm_ngram_style.vllm_v1; use --backend transformers")
         return VllmBackend(model_dir, {c.name: c.pack_path for c in corpora}, modes, max_model_len=max_model_len,
-                           enforce_eager=enforce_eager)
+                           enforce_eager=enforce_eager, max_num_seqs=max_num_seqs)
     if kind == "transformers":
         return TransformersBackend(model_dir, packs, modes, batch_size=batch_size)
     raise ConfigError(f"unknown backend {kind!r}; choose auto, vllm or transformers")
 
 
 def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalSettings, backend="auto",
-                   progress: bool = True, enforce_eager: bool = False, log=print, on_corpus_done=None) -> dict:
+                   progress: bool = True, enforce_eager: bool = False, log=print, on_corpus_done=None,
+                   max_num_seqs: int = 256) -> dict:
     """Generate and score everything. Returns {"meta": ..., "records": [one dict per generation]}.
     on_corpus_done(partial_result), if given, runs after each corpus (e.g. to write a report early)."""
     from tqdm.auto import tqdm
@@ -141,7 +142,7 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
     max_model_len = int(2 ** math.ceil(math.log2(longest + settings.max_tokens + 8)))
     t0 = time.perf_counter()
     gen = backend if not isinstance(backend, str) else make_backend(
-        backend, model_dir, corpora, packs, max_model_len, enforce_eager)
+        backend, model_dir, corpora, packs, max_model_len, enforce_eager, max_num_seqs=max_num_seqs)
     startup_s = time.perf_counter() - t0
     steerer = RowSteerer(packs, ("exact", "paper"))
     js_scorer = None
