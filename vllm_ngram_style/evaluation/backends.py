@@ -52,12 +52,18 @@ def set_vllm_cpu_env() -> None:
 
 class VllmBackend:
     """One vLLM engine with every evaluated style configured; each request names its own style,
-    strength, mode, adaptive flag and loop guard through SamplingParams.extra_args."""
+    strength, mode, adaptive flag and loop guard through SamplingParams.extra_args.
+
+    max_num_batched_tokens should cover the prompts of a whole batch: vLLM 0.32's CPU runner dies
+    ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync) when a request with
+    its own sampling seed has its prefill split over two steps (chunked prefill), so the runner
+    sizes the token budget to prefill every prompt of a batch in one step."""
 
     name = "vllm"
 
     def __init__(self, model_dir: str, pack_paths: dict, modes=("exact", "paper"), max_model_len: int = 1024,
-                 max_num_seqs: int = 256, enforce_eager: bool = False, seed: int = 0):
+                 max_num_seqs: int = 256, enforce_eager: bool = False, seed: int = 0,
+                 max_num_batched_tokens: int | None = None):
         set_vllm_cpu_env()
         from vllm import LLM
 
@@ -65,6 +71,7 @@ class VllmBackend:
 
         self.llm = LLM(model=model_dir, dtype="float32", max_model_len=max_model_len, seed=seed,
                        max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
+                       max_num_batched_tokens=max_num_batched_tokens,
                        logits_processors=[NgramStyleLogitsProcessor],
                        additional_config={"ngram_style": {"styles": dict(pack_paths), "modes": list(modes)}})
 

@@ -101,7 +101,8 @@ def encode_prompt(tok, text: str) -> list:
 
 
 def make_backend(kind: str, model_dir: str, corpora: list, packs: dict, max_model_len: int,
-                 enforce_eager: bool = False, batch_size: int = 16, max_num_seqs: int = 256):
+                 enforce_eager: bool = False, batch_size: int = 16, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int | None = None):
     modes = ("exact", "paper")
     if kind == "auto":
         kind = "vllm" if vllm_plugin_available() else "transformers"
@@ -109,7 +110,8 @@ def make_backend(kind: str, model_dir: str, corpora: list, packs: dict, max_mode
         if not vllm_plugin_available():
             raise ConfigError("the vllm backend needs vLLM and vllm_ngram_style.vllm_v1; use --backend transformers")
         return VllmBackend(model_dir, {c.name: c.pack_path for c in corpora}, modes, max_model_len=max_model_len,
-                           enforce_eager=enforce_eager, max_num_seqs=max_num_seqs)
+                           enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
+                           max_num_batched_tokens=max_num_batched_tokens)
     if kind == "transformers":
         return TransformersBackend(model_dir, packs, modes, batch_size=batch_size)
     raise ConfigError(f"unknown backend {kind!r}; choose auto, vllm or transformers")
@@ -140,9 +142,15 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
     instructed_ids = {c.name: [encode_prompt(tok, c.instruction + "\n\n" + p.text) for p in prompts] for c in corpora}
     longest = max(len(x) for ids in [plain_ids, *instructed_ids.values()] for x in ids)
     max_model_len = int(2 ** math.ceil(math.log2(longest + settings.max_tokens + 8)))
+    # Prefill every prompt of a batch in one step: seeded requests must never be chunk-prefilled
+    # on vLLM's CPU runner (see VllmBackend).
+    n_req = len(settings.configs()) * len(prompts) * len(settings.decodings)
+    budget = min(max_num_seqs, n_req) * longest + max_num_seqs
+    max_num_batched_tokens = max(8192, max_model_len, int(math.ceil(budget / 1024)) * 1024)
     t0 = time.perf_counter()
     gen = backend if not isinstance(backend, str) else make_backend(
-        backend, model_dir, corpora, packs, max_model_len, enforce_eager, max_num_seqs=max_num_seqs)
+        backend, model_dir, corpora, packs, max_model_len, enforce_eager, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens)
     startup_s = time.perf_counter() - t0
     steerer = RowSteerer(packs, ("exact", "paper"))
     js_scorer = None
