@@ -40,7 +40,7 @@ case "${1:-}" in
     setup
     CORPUS=${CORPUS:-../shared/corpora/cervantes_don_quixote.txt}
     [ -f "$CORPUS" ] || { echo "corpus $CORPUS not found: set CORPUS=/path/to/text.txt" >&2; exit 2; }
-    MODEL=$("$VENV/bin/vllm-ngram-style" models get smollm2 --print-path)
+    MODEL=$("$VENV/bin/vllm-ngram-style" models path smollm2)  # converts once, then cached
     mkdir -p packs
     "$VENV/bin/vllm-ngram-style" train --tokenizer "$MODEL" --corpus "$CORPUS" --out packs/quixote.stylepack --name quixote
     "$VENV/bin/vllm-ngram-style" generate --model "$MODEL" --style quixote=packs/quixote.stylepack \
