@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -233,8 +234,8 @@ def main(argv=None) -> int:
     section = (
         f"\n## Host overhead per decoding step, V1 and V2 adapters without a model ({datetime.date.today()})\n\n"
         f"Machine: {bm.machine_description()}, 1 torch thread; **shared with other jobs** (load average "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}). Command: `python benchmarks/host_overhead.py "
-        f"{' '.join(sys.argv[1:])}` ({elapsed / 60:.1f} min).\n\n"
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}). Command: `{shlex.join(['python', 'benchmarks/host_overhead.py'] + (argv if argv is not None else sys.argv[1:]))}` "
+        f"({elapsed / 60:.1f} min).\n\n"
         f"Real Don Quixote pack (SmolLM2 tokenizer, orders 1-3, top-512, exact mode, strength {STRENGTH}), "
         f"histories cut from the book; one request replaced per step (continuous batching: V1 caches are rebuilt "
         f"every step, V2 stages one slot). Medians over {args.steps} steps after 2 warm-up steps. "

@@ -551,6 +551,9 @@ MAIN_PLOT = ("none:0:0", "plugin:0:0")  # plus the fully steered plugin and naiv
 
 
 def plot(summary: list[dict], variants: list[Variant], path: str, title: str) -> str:
+    """Per model (one row each): throughput vs batch size; 1 - the processor's share of CPU time
+    (measured inside the run: precise); the measured throughput ratio to (a) (paired medians: noisy
+    on a shared machine)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -560,29 +563,33 @@ def plot(summary: list[dict], variants: list[Variant], path: str, title: str) ->
     keys = [k for k in MAIN_PLOT] + [v.key for v in variants
                                      if v.fraction == 1.0 and v.styles == n_max and v.engine in ("plugin", "naive")]
     labels = {v.key: v.label for v in variants}
+    colors = dict(zip(keys, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    panels = (("tok_s_cpu", "output tokens per CPU-second", "throughput"),
+              ("share", "1 - processor share of CPU time", "relative cost, measured inside the run"),
+              ("ratio_cpu", "throughput / (a), CPU time, median of rounds", "measured ratio to (a) (noisy)"))
     models = list(dict.fromkeys(r["model"] for r in summary))
-    fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 3, figsize=(17, 4.3 * len(models)), squeeze=False)
     for row, model in enumerate(models):
-        for col, (field_, ylabel) in enumerate((("tok_s_cpu", "output tokens per CPU-second"),
-                                                ("ratio_cpu", "throughput / (a) no processor"))):
-            ax = axes[row][col]
+        for ax, (field_, ylabel, what) in zip(axes[row], panels):
             for key in keys:
-                pts = sorted((r["batch"], r[field_]) for r in summary if r["model"] == model and r["key"] == key)
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels.get(key, key))
+                pts = sorted((r["batch"], r) for r in summary if r["model"] == model and r["key"] == key)
+                if not pts:
+                    continue
+                ys = [1 - p[1]["proc_share"] if field_ == "share" else p[1][field_] for p in pts]
+                ax.plot([p[0] for p in pts], ys, marker="o", color=colors.get(key), label=labels.get(key, key))
+            if field_ != "tok_s_cpu":
+                ax.axhline(0.97, color="grey", ls="--", lw=0.8, label="goal, all steered: 0.97")
+                ax.axhline(0.995, color="grey", ls=":", lw=0.8, label="goal, loaded, none steered: 0.995")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("batch size (max_num_seqs)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{model}: {ylabel}", fontsize=10)
-            if field_ == "ratio_cpu":
-                ax.axhline(0.97, color="grey", ls="--", lw=0.8)
-                ax.axhline(0.995, color="grey", ls=":", lw=0.8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_title(f"{model}: {what}", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6.5)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -598,7 +605,7 @@ def add_e2e_arguments(p) -> None:
                    help="styles for a model folder given in --models (default for smollm2: packs counted from "
                         "../shared/corpora, cached)")
     p.add_argument("--max-tokens", type=int, default=16,
-                   help="mean output tokens per request (default 16; the tiny model, ~100x cheaper, gets 4x this)")
+                   help="mean output tokens per request (default 16; the tiny model, ~100x cheaper per token, gets 2x this)")
     p.add_argument("--length-spread", type=float, default=0.5,
                    help="output lengths uniform in max_tokens x [1-s, 1+s], the same for every variant (default 0.5)")
     p.add_argument("--prompt-len", type=int, default=4, help="prompt tokens per request (default 4)")
@@ -613,6 +620,7 @@ def add_e2e_arguments(p) -> None:
     p.add_argument("--plot", default=os.path.join(RESULTS_DIR, "throughput_cpu.png"), help="PNG path ('' to skip)")
     p.add_argument("--json", default="", help="also write raw rows and the summary as JSON here")
     p.add_argument("--verbose", action="store_true", help="keep vLLM's log output")
+    p.add_argument("--from-json", metavar="FILE", help="redraw the table and plot from a --json file; run nothing")
 
 
 def prepare_environment(threads: int = 1, verbose: bool = False) -> None:
@@ -625,6 +633,15 @@ def prepare_environment(threads: int = 1, verbose: bool = False) -> None:
 
 
 def run_cli(args) -> int:
+    if args.from_json:
+        with open(args.from_json) as fh:
+            data = json.load(fh)
+        variants = default_variants(tuple(args.fractions), tuple(args.style_counts))
+        print(markdown_table(data["summary"]))
+        if args.plot:
+            plot(data["summary"], variants, args.plot, data.get("title", "vLLM V1 offline throughput on CPU"))
+            print(f"plot: {args.plot}")
+        return 0
     prepare_environment(args.threads, args.verbose)
     import tempfile
 
@@ -643,7 +660,7 @@ def run_cli(args) -> int:
         if m == "tiny":
             model_dir, packs = tiny_model_and_packs(tiny_root, n_styles)
             models.append(E2EModel("tiny random Llama (V=336)", model_dir, packs, token_stream(model_dir, None),
-                                   args.batch_sizes or [1, 16, 64, 256], max_tokens=4 * args.max_tokens))
+                                   args.batch_sizes or [1, 16, 64, 256], max_tokens=2 * args.max_tokens))
         else:
             from .models import resolve_model
 
@@ -688,12 +705,13 @@ def run_cli(args) -> int:
     if args.results:
         with open(args.results, "a") as fh:
             fh.write(section)
+    title = f"vLLM V1 offline throughput on CPU ({datetime.date.today()}; {machine_description()}, shared)"
     if args.plot:
-        plot(summary, variants, args.plot, f"vLLM V1 offline throughput on CPU ({datetime.date.today()}, shared 2-core machine)")
+        plot(summary, variants, args.plot, title)
         print(f"plot: {args.plot}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "summary": summary}, fh, indent=1, default=str)
+            json.dump({"rows": rows, "summary": summary, "title": title}, fh, indent=1, default=str)
     return 0
 
 
