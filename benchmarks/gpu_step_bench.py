@@ -349,7 +349,7 @@ def main(argv=None) -> int:
                 row[tag + "host_us"] = timer.host_us(apply, **n_fast)
                 row[tag + "gpu_us"] = timer.gpu_us(apply, row[tag + "host_us"])
             if device.type == "cuda":
-                row["graphs_captured"] = len(op._graphs)
+                row["graphs_captured"] = len(getattr(op, "_graphs", ()))  # cumulative; +1 per configuration when launch keys are stable
                 op.graphs = False
             row["stage_us"] = timer.wall_us(stage, **n_fast)
             results.append(row)
@@ -390,7 +390,7 @@ def render(results, card, env, adapter_from, notes, elapsed, core) -> str:
         gimpl = "-" if gratio is None else f"{1 / (1 + gratio):.2%}"
         table += (f"| {r['batch']} | {r['vocab']} | {r['fraction']:.0%} ({r['styles']} styles) | {_f(r['decode_us'], 1e3, 2)} | "
                   f"{_f(r['wall_us'])} | {_f(r['host_us'])} | {_f(r['gpu_us'])} | "
-                  f"{_f(r.get('graph_wall_us'))} / {_f(r.get('graph_gpu_us'))} | {_f(r['stage_us'])} | {ratio:.2%}, {gtext} | "
+                  f"{_f(r.get('graph_wall_us'))} / {_f(r.get('graph_gpu_us'))} ({r.get('graphs_captured', '-')} captured) | {_f(r['stage_us'])} | {ratio:.2%}, {gtext} | "
                   f"{1 / (1 + ratio):.2%}, {gimpl} | {r['syncs']} |\n")
     return head + table + "".join(f"\n{n}\n" for n in notes)
 
