@@ -97,24 +97,26 @@ class SteeringCore:
         slot_variant [S] int32 (-1 unsteered); slot_strength [S] float32; slot_adaptive [S] bool;
         slot_guard [S] int32 (0 = off) with guard_sizes its distinct nonzero values in this batch;
         prompt_len [S]: where each slot's generated tokens start (the loop guard's window)."""
-        row_slot = row_slot.long()
-        row_last_pos = row_last_pos.long()
-        adaptive = slot_adaptive[row_slot] if slot_adaptive is not None else None  # [R]
+        # The kernel reads int32 or int64 as given; only the torch gathers below want int64, and
+        # converting lazily keeps the Triton path free of extra launches and fresh pointers.
+        if slot_adaptive is not None or guard_sizes or self.backend != "triton":
+            slot64, pos64 = row_slot.long(), row_last_pos.long()  # [R]; no-ops when already int64
+        adaptive = slot_adaptive[slot64] if slot_adaptive is not None else None  # [R]
         guard = history = None
         if guard_sizes:
-            guard = slot_guard[row_slot]  # [R]
-            start = prompt_len[row_slot].long()  # [R] first generated position
-            history = _window(all_token_ids, row_slot, row_last_pos, LOOP_GUARD_WINDOW, start)
+            guard = slot_guard[slot64]  # [R]
+            start = prompt_len[slot64].long()  # [R] first generated position
+            history = _window(all_token_ids, slot64, pos64, LOOP_GUARD_WINDOW, start)
 
         def edit(row_scale):
             if self.backend == "triton":
                 self.op.apply_from_history(logits, row_slot, row_last_pos, all_token_ids, slot_variant,
                                            slot_strength, row_scale=row_scale)
             else:
-                variant = slot_variant[row_slot].long()  # [R]
-                strength = slot_strength[row_slot]  # [R]
+                variant = slot_variant[slot64].long()  # [R]
+                strength = slot_strength[slot64]  # [R]
                 s = strength if row_scale is None else strength * row_scale
-                context = _window(all_token_ids, row_slot, row_last_pos, self.context_len, None)
+                context = _window(all_token_ids, slot64, pos64, self.context_len, None)
                 self.op.apply(logits, variant, s, context)
 
         return self._steer(logits, edit, adaptive, guard, guard_sizes, history)

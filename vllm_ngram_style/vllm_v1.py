@@ -3,8 +3,8 @@
     --logits-processors vllm_ngram_style.vllm_v1:NgramStyleLogitsProcessor
 
 A thin adapter: it tracks which persistent-batch rows are steered (from BatchUpdate) and, in
-apply(), reads each steered row's last tokens from the live prompt/output lists and hands a
-compact sub-batch to the shared SteeringCore. Token history is read in apply(), never cached in
+apply(), reads each steered row's last tokens from the live prompt/output lists and hands the
+whole batch, unsteered rows marked variant -1 (never written), to the shared SteeringCore. Token history is read in apply(), never cached in
 update_state(): under async scheduling the newest entry is a -1 placeholder until just before
 apply() (vLLM issue #52461).
 """
@@ -75,20 +75,28 @@ class NgramStyleLogitsProcessor(LogitsProcessor):
                 self.rows[a] = rb
         self._cached = None
 
-    def _row_tensors(self):
-        if self._cached is None:
+    def _row_tensors(self, batch: int):
+        """Full-batch per-row state, rebuilt only when the batch changes: unsteered rows carry
+        variant -1, which both ops skip without writing, so no gather/scatter of logits rows is
+        needed (a copy of half a 1024 x 128k batch costs more than the steering itself)."""
+        if self._cached is None or self._cached[0] != batch:
             idx = sorted(self.rows)
             rows = [self.rows[i] for i in idx]
             sizes = sorted({r.req.loop_guard for r in rows if r.req.loop_guard})
-            adaptive = any(r.req.adaptive for r in rows)
             dev = self.device
+            index = torch.tensor(idx, dtype=torch.int64)  # [S] steered batch rows
+
+            def full(values, fill, dtype):  # [batch] with the steered rows' values scattered in
+                out = torch.full((batch,), fill, dtype=dtype)
+                out[index] = torch.tensor(values, dtype=dtype)
+                return out.to(dev)
+
             self._cached = (
-                idx, rows,
-                torch.tensor(idx, dtype=torch.int64, device=dev),  # [S] batch rows
-                torch.tensor([r.variant for r in rows], dtype=torch.int64, device=dev),  # [S]
-                torch.tensor([r.req.strength for r in rows], dtype=torch.float32, device=dev),  # [S]
-                torch.tensor([r.req.adaptive for r in rows], dtype=torch.bool, device=dev) if adaptive else None,
-                torch.tensor([r.req.loop_guard for r in rows], dtype=torch.int32, device=dev) if sizes else None,
+                batch, rows, index,
+                full([r.variant for r in rows], -1, torch.int64),  # [B]
+                full([r.req.strength for r in rows], 0.0, torch.float32),  # [B]
+                full([r.req.adaptive for r in rows], False, torch.bool) if any(r.req.adaptive for r in rows) else None,
+                full([r.req.loop_guard for r in rows], 0, torch.int32) if sizes else None,  # [B]
                 sizes,
             )
         return self._cached
@@ -96,20 +104,17 @@ class NgramStyleLogitsProcessor(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits  # zero cost when nothing is steered
-        idx, rows, index, variant, strength, adaptive, guard, sizes = self._row_tensors()
+        batch = logits.shape[0]
+        _, rows, index, variant, strength, adaptive, guard, sizes = self._row_tensors(batch)
         n = self.core.context_len
         # Read the history now: the live lists are complete (placeholders patched) only here.
-        context = torch.tensor([_last(r.prompt, r.output, n) for r in rows], dtype=torch.int64).reshape(len(rows), n)
+        context = torch.full((batch, n), -1, dtype=torch.int64)  # [B, max_order-1]
+        context[index] = torch.tensor([_last(r.prompt, r.output, n) for r in rows], dtype=torch.int64).reshape(len(rows), n)
         history = None
         if sizes:
             w = LOOP_GUARD_WINDOW
-            history = torch.tensor([[-1] * (w - len(r.output[-w:])) + list(r.output[-w:]) for r in rows],
-                                   dtype=torch.int64).to(self.device)
-        context = context.to(self.device)
-        if len(idx) == logits.shape[0] and idx[-1] == len(idx) - 1:
-            sub = logits  # every row steered: edit in place, no gather
-            return self.core.apply(sub, variant, strength, context, adaptive, guard, sizes, history)
-        sub = logits.index_select(0, index)  # [S, V] copy of the steered rows
-        self.core.apply(sub, variant, strength, context, adaptive, guard, sizes, history)
-        logits.index_copy_(0, index, sub)  # unsteered rows are never written
-        return logits
+            history = torch.full((batch, w), -1, dtype=torch.int64)  # [B, W] recent generated tokens
+            history[index] = torch.tensor([[-1] * (w - len(r.output[-w:])) + list(r.output[-w:]) for r in rows],
+                                          dtype=torch.int64)
+            history = history.to(self.device)
+        return self.core.apply(logits, variant, strength, context.to(self.device), adaptive, guard, sizes, history)
