@@ -231,20 +231,21 @@ def build_top_k_table(counts: OrderCounts, top_k: int) -> OrderTable:
     for j in range(n - 1):  # column by column: no [U, n-1] temporaries
         new_ctx[1:] |= ctx[1:, j] != ctx[:-1, j]
     ctx_starts = np.flatnonzero(new_ctx)
-    ctx_id = np.cumsum(new_ctx) - 1  # [U]
     totals = np.add.reduceat(cnt, ctx_starts)
     sizes = np.diff(np.append(ctx_starts, grams.shape[0]))  # [C] continuations per context
     keep = np.ones(grams.shape[0], dtype=bool)
-    big = sizes > top_k
-    if big.any():  # only contexts with more than top_k continuations need a selection
-        rows = np.flatnonzero(big[ctx_id])
-        order = np.lexsort((grams[rows, -1], -cnt[rows], ctx_id[rows]))
-        ranked = rows[order]
-        first = np.searchsorted(ctx_id[ranked], ctx_id[ranked], side="left")
-        keep[ranked[np.arange(ranked.size) - first >= top_k]] = False
-    kept_ctx = ctx_id[keep]
+    # Only contexts with more than top_k continuations need a selection (few, but they hold many
+    # rows): per context, the top_k-th largest count by partition, then ties by lowest id, which
+    # comes first because rows are sorted by token within a context.
+    for g in np.flatnonzero(sizes > top_k):
+        lo, hi = ctx_starts[g], ctx_starts[g] + sizes[g]
+        c = cnt[lo:hi]
+        threshold = np.partition(c, c.size - top_k)[c.size - top_k]
+        sel = c > threshold
+        sel[np.flatnonzero(c == threshold)[:top_k - int(sel.sum())]] = True
+        keep[lo:hi] = sel
     offsets = np.zeros(ctx_starts.size + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(np.bincount(kept_ctx, minlength=ctx_starts.size))
+    offsets[1:] = np.cumsum(np.add.reduceat(keep.astype(np.int64), ctx_starts))
     return OrderTable(n, ctx[ctx_starts].astype(np.int32), totals.astype(np.int64), offsets,
                       grams[keep, -1].astype(np.int32), cnt[keep].astype(np.int64), int(grams.shape[0]))
 
