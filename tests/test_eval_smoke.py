@@ -58,6 +58,11 @@ def test_eval_cli_transformers_backend(tiny_model_dir, tiny_pack, tmp_path, caps
     # generations differ between greedy and sampling for at least one prompt
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == len(recs)
+    # reports rebuild identically from the saved results
+    before = (out / "summary.csv").read_text()
+    (out / "summary.csv").unlink()
+    assert main(["eval", "--report-only", "--out", str(out), "--no-plots"]) == 0
+    assert (out / "summary.csv").read_text() == before
 
 
 def test_eval_cli_errors(tiny_model_dir, tiny_pack, tmp_path, capsys):

@@ -12,8 +12,10 @@ import os
 def add_arguments(p) -> None:
     from ..evaluation.runner import DECODINGS, DEFAULT_GUARD, PAPER_LAMBDAS, STEERED_FAMILIES
 
-    p.add_argument("--model", required=True, help="'smollm2' or a local Hugging Face model folder")
-    p.add_argument("--pack", action="append", required=True, metavar="[NAME=]PATH",
+    p.add_argument("--report-only", action="store_true",
+                   help="only rebuild the CSV/plots/markdown in --out from its results.json (no generation)")
+    p.add_argument("--model", help="'smollm2' or a local Hugging Face model folder")
+    p.add_argument("--pack", action="append", metavar="[NAME=]PATH",
                    help="a .stylepack to evaluate (repeatable); NAME defaults to the pack's own name")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--prompts", help="prompt JSON file (default: the built-in 20 generic prompts)")
@@ -68,6 +70,16 @@ def run(args) -> int:
     from ..models import resolve_model
     from ..pack import load_pack
 
+    if args.report_only:
+        from ..evaluation.report import load_result
+
+        if not os.path.isfile(os.path.join(args.out, "results.json")):
+            raise ConfigError(f"--report-only: no results.json in {args.out!r}")
+        for kind, path in write_report(load_result(args.out), args.out, plots=not args.no_plots).items():
+            print(f"{kind}: {path}")
+        return 0
+    if not args.model or not args.pack:
+        raise ConfigError("--model and --pack are required (unless --report-only)")
     model_dir = resolve_model(args.model)
     packs = parse_packs(args.pack)
     if args.instruction and len(packs) > 1:

@@ -132,6 +132,9 @@ def plot_corpus(rows: list, corpus: str, path: str, stat: str = "median") -> Non
                         marker="o", ms=3, label=fam)
             for r in prompt_rows:
                 ax.axhline(r[f"{metric}_{stat}"], color="gray", ls=":", label="prompt only")
+            if not any(math.isfinite(r[f"{metric}_{stat}"]) for r in rows
+                       if r["corpus"] == corpus and r["decoding"] == dec and r["family"] != "unsteered"):
+                ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes, color="gray")
             ax.set_title(f"{title} ({dec})", fontsize=9)
             ax.set_xlabel("lambda")
             if log:
@@ -194,6 +197,25 @@ def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3
                              f"{_fmt(r['tokens_median'])} |")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def load_result(out_dir: str) -> dict:
+    """Read back what write_report wrote (results.json + generations.jsonl), to rebuild reports."""
+    with open(os.path.join(out_dir, "results.json")) as fh:
+        data = json.load(fh)
+    texts = {}
+    gen_path = os.path.join(out_dir, "generations.jsonl")
+    if os.path.exists(gen_path):
+        with open(gen_path) as fh:
+            for line in fh:
+                g = json.loads(line)
+                texts[(g["corpus"], g["decoding"], g["family"], g["lambda"], g["prompt_id"])] = g["text"]
+    records = []
+    for r in data["records"]:
+        r = {k: (float("nan") if v is None and k in METRICS else v) for k, v in r.items()}
+        r["text"] = texts.get((r["corpus"], r["decoding"], r["family"], r["lambda"], r["prompt_id"]), "")
+        records.append(r)
+    return {"meta": data["meta"], "records": records}
 
 
 def write_report(result: dict, out_dir: str, plots: bool = True) -> dict:
