@@ -252,7 +252,6 @@ def test_row_steerer_matches_steering_core():
     ctx = [steerer.context(p, g) for p, g in zip(prompts, gens)]
     hist = [steerer.history(g) for g in gens]
     mine = steerer.apply(z.clone(), steers, ctx, hist)
-    variant = torch.tensor([steerer.variant_id(s) for s in steers])
     variant = torch.tensor([core.variant_id(s.style, s.mode) if s.active else -1 for s in steers])
     theirs = core.apply(z.clone(), variant, torch.tensor([s.strength for s in steers], dtype=torch.float32),
                         torch.tensor(ctx), torch.tensor([s.adaptive for s in steers]),

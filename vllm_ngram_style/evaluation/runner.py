@@ -24,7 +24,6 @@ import numpy as np
 from ..errors import ConfigError
 from .backends import ForwardScorer, GenRequest, TransformersBackend, VllmBackend, vllm_plugin_available
 from .metrics import PackScorer, score_sequence
-from .prompts import Prompt
 from .steer import RowSteerer, Steer
 
 PAPER_LAMBDAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
