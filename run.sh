@@ -44,6 +44,6 @@ case "${1:-}" in
     mkdir -p packs
     "$VENV/bin/vllm-ngram-style" train --tokenizer "$MODEL" --corpus "$CORPUS" --out packs/quixote.stylepack --name quixote
     "$VENV/bin/vllm-ngram-style" generate --model "$MODEL" --style quixote=packs/quixote.stylepack \
-      --strength "${STRENGTH:-0.3}" --adaptive --loop-guard 4 --max-tokens "${MAX_TOKENS:-64}" ;;
+      --strength "${STRENGTH:-0.6}" --adaptive --loop-guard 4 --max-tokens "${MAX_TOKENS:-64}" ;;
   *) echo "usage: bash run.sh demo|test|setup" >&2; exit 2 ;;
 esac

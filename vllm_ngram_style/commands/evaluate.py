@@ -10,7 +10,7 @@ import os
 
 
 def add_arguments(p) -> None:
-    from ..evaluation.runner import DECODINGS, DEFAULT_GUARD, PAPER_LAMBDAS, STEERED_FAMILIES
+    from ..evaluation.runner import DECODINGS, DEFAULT_GUARD, PAPER_LAMBDAS, STEERED_FAMILIES, EXTRA_FAMILIES
 
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the CSV/plots/markdown in --out from its results.json (no generation)")
@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--instruction", help="prompt-only baseline instruction (one pack only; default: per corpus)")
     p.add_argument("--lambdas", type=float, nargs="+", default=list(PAPER_LAMBDAS), help="strengths to sweep")
     p.add_argument("--prompt-lambdas", type=float, nargs="*", help="strengths of prompt+best (default: --lambdas)")
-    p.add_argument("--families", nargs="+", default=list(STEERED_FAMILIES), choices=list(STEERED_FAMILIES),
+    p.add_argument("--families", nargs="+", default=list(STEERED_FAMILIES), choices=[*STEERED_FAMILIES, *EXTRA_FAMILIES],
                    help="steered configuration families")
     p.add_argument("--decodings", nargs="+", default=list(DECODINGS), choices=list(DECODINGS))
     p.add_argument("--max-tokens", type=int, default=128, help="new tokens per generation (default 128)")
@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument("--family-lambdas", action="append", default=[], metavar="FAMILY=L1,L2,...",
                    help="a coarser (or other) strength grid for one family, e.g. paper=0.1,0.3,1 (repeatable)")
     p.add_argument("--sample-families", nargs="+",
-                   choices=["unsteered", "prompt", *STEERED_FAMILIES, "prompt+best"],
+                   choices=["unsteered", "prompt", *STEERED_FAMILIES, *EXTRA_FAMILIES, "prompt+best"],
                    help="run sampling only for these families (default all; greedy always runs every family)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="vLLM: sequences decoded together (default 256)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")

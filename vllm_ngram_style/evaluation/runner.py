@@ -28,6 +28,7 @@ from .steer import RowSteerer, Steer
 
 PAPER_LAMBDAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 STEERED_FAMILIES = ("paper", "exact", "exact+adaptive", "best")
+EXTRA_FAMILIES = ("kn",)  # Kneser-Ney (mode kn): asked for explicitly, best with packs trained --kneser-ney
 DEFAULT_GUARD = 4
 DECODINGS = ("greedy", "sample")
 
@@ -39,7 +40,7 @@ def family_steer(family: str, style: str, strength: float, guard: int) -> Steer 
     base = family[len("prompt+"):] if family.startswith("prompt+") else family
     kw = {"paper": dict(mode="paper"), "exact": dict(mode="exact"),
           "exact+adaptive": dict(mode="exact", adaptive=True),
-          "best": dict(mode="exact", adaptive=True, loop_guard=guard)}
+          "best": dict(mode="exact", adaptive=True, loop_guard=guard), "kn": dict(mode="kn")}
     if base not in kw:
         raise ConfigError(f"unknown configuration family {family!r}; choose from {', '.join(kw)}")
     return Steer(style=style, strength=float(strength), **kw[base])
@@ -101,8 +102,7 @@ def encode_prompt(tok, text: str) -> list:
 
 def make_backend(kind: str, model_dir: str, corpora: list, packs: dict, max_model_len: int,
                  enforce_eager: bool = False, batch_size: int = 16, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int | None = None):
-    modes = ("exact", "paper")
+                 max_num_batched_tokens: int | None = None, modes=("exact", "paper")):
     if kind == "auto":
         kind = "vllm" if vllm_plugin_available() else "transformers"
     if kind == "vllm":
@@ -147,11 +147,12 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
     budget = min(max_num_seqs, n_req) * longest + max_num_seqs
     max_num_batched_tokens = max(8192, max_model_len, int(math.ceil(budget / 1024)) * 1024)
     t0 = time.perf_counter()
+    modes = ("exact", "paper") + (("kn",) if "kn" in settings.families else ())
     gen = backend if not isinstance(backend, str) else make_backend(
         backend, model_dir, corpora, packs, max_model_len, enforce_eager, max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens)
+        max_num_batched_tokens=max_num_batched_tokens, modes=modes)
     startup_s = time.perf_counter() - t0
-    steerer = RowSteerer(packs, ("exact", "paper"))
+    steerer = RowSteerer(packs, modes)
     js_scorer = None
     if gen.name != "transformers" and settings.js_prompts != 0:
         js_scorer = ForwardScorer(model_dir, steerer)
