@@ -44,3 +44,11 @@ def test_prompts_data():
     assert [p.category for p in sub] == ["narrative", "dialogue", "expository", "technical"]
     assert "Cervantes" in style_instruction("cervantes_don_quixote")
     assert "some_corpus" in style_instruction("some_corpus")
+
+
+def test_kn_family_maps_to_kn_mode():
+    from vllm_ngram_style.evaluation.runner import family_steer
+
+    steer = family_steer("kn", "quixote", 0.5, 4)
+    assert (steer.mode, steer.strength, steer.style) == ("kn", 0.5, "quixote")
+    assert family_steer("kn", "quixote", 0.0, 4) is None  # lambda 0 is the unsteered point
