@@ -30,40 +30,23 @@ if "--cpu-smoke" in sys.argv:
 
 import argparse
 import datetime
-import importlib.util
-import statistics
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+# this folder, for _common: `python benchmarks/X.py` puts it on sys.path, runpy.run_path (a test) does not
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import RESULTS, Timer, bootstrap, pick_device, table_shape  # noqa: E402
+
 TIME_BUDGET_S = 240  # stop timing new configurations after this, so one run stays under 5 minutes
 
-
-def _bootstrap():
-    """Import vllm_ngram_style (and .kernels, which setup.py maps to ./kernels) from this checkout."""
-    sys.path.insert(0, ROOT)
-    try:
-        import vllm_ngram_style.kernels.launcher  # noqa: F401  (installed, e.g. editable)
-    except ModuleNotFoundError:
-        import vllm_ngram_style
-
-        spec = importlib.util.spec_from_file_location("vllm_ngram_style.kernels", os.path.join(ROOT, "kernels", "__init__.py"),
-                                                      submodule_search_locations=[os.path.join(ROOT, "kernels")])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        vllm_ngram_style.kernels = mod
-
-
-_bootstrap()
+bootstrap()
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from vllm_ngram_style.kernels.launcher import TritonSteering  # noqa: E402
-from vllm_ngram_style.kernels.synthetic import DON_QUIXOTE, chain_weights, sample_contexts, synth_style  # noqa: E402
+from vllm_ngram_style.kernels.synthetic import chain_weights, sample_contexts, synth_style  # noqa: E402
 from vllm_ngram_style.reference_op import ReferenceSteering  # noqa: E402
 
 
@@ -103,62 +86,6 @@ def _empty(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, FLAG: tl.
 
 # ---------------------------------------------------------------------------------------------------
 # timing
-
-class Timer:
-    def __init__(self, device, smoke: bool):
-        self.cuda = device.type == "cuda"
-        self.smoke = smoke
-        self.cycles_per_us = None
-        if self.cuda:  # calibrate torch.cuda._sleep
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda._sleep(1000)
-            s.record()
-            torch.cuda._sleep(2_000_000)
-            e.record()
-            e.synchronize()
-            self.cycles_per_us = 2_000_000 / max(1.0, s.elapsed_time(e) * 1000)
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def wall_us(self, fn, n=50, reps=3) -> float:
-        """Wall clock per call over n back-to-back calls (host cost included), median of reps."""
-        if self.smoke:  # the interpreter: one call, no warm-up (the numbers are not performance)
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e6
-        fn()
-        self.sync()
-        out = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            self.sync()
-            out.append((time.perf_counter() - t0) * 1e6 / n)
-        return statistics.median(out)
-
-    def gpu_us(self, fn, host_us: float, n=20, reps=5) -> float | None:
-        """GPU time per call from CUDA events, the launches queued behind a GPU sleep longer than their
-        host cost (so the events see only GPU work). None on CPU."""
-        if not self.cuda:
-            return None
-        fn()
-        torch.cuda.synchronize()
-        cycles = int(max(2 * n * host_us, 500) * self.cycles_per_us)
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        out = []
-        for _ in range(reps):
-            torch.cuda._sleep(cycles)
-            s.record()
-            for _ in range(n):
-                fn()
-            e.record()
-            e.synchronize()
-            out.append(s.elapsed_time(e) * 1000 / n)
-        return statistics.median(out)
-
 
 def fmt(x) -> str:
     if x is None:
@@ -327,15 +254,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     smoke = args.cpu_smoke
-    if not smoke and not torch.cuda.is_available():
-        print("no CUDA device: run with --cpu-smoke for the CPU interpreter check")
+    device = pick_device(smoke)
+    if device is None:
         return 2
-    device = torch.device("cpu" if smoke else "cuda")
     batches = [2] if smoke else [int(x) for x in args.batches.split(",")]
     vocabs = [67] if smoke else [int(x) for x in args.vocabs.split(",")]
     style_counts = [1, 2] if smoke else [int(x) for x in args.styles.split(",")]
-    shape = dict(contexts=(1, 12, 30), entries=(16, 60, 60), top_k=16) if smoke else \
-        dict(contexts=DON_QUIXOTE["contexts"], entries=DON_QUIXOTE["entries"], top_k=512)
+    shape = table_shape(smoke)
     card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreter; not performance)"
     env = f"torch {torch.__version__}, triton {triton.__version__}, numpy {np.__version__}"
     date = datetime.date.today().isoformat()

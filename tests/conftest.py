@@ -25,3 +25,15 @@ def corpora_dir():
     if not os.path.isdir(path):
         pytest.skip("../shared/corpora is absent")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-wait contention (100x slower on a
+    loaded 2-core machine). Modules opt in with pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,10 +1,19 @@
-"""Shared test helpers: random packs straight from token streams, and naive formula references."""
+"""Shared test helpers: random packs straight from token streams, naive formula references, and the
+packs and row-by-row oracle the vLLM tests (protocol, offline engine, server, commands) share."""
 from collections import Counter
 
 import numpy as np
+import torch
 
-from vllm_ngram_style.pack import StylePack, default_weights
-from vllm_ngram_style.train import count_token_documents
+from vllm_ngram_style.adaptive import adaptive_scale
+from vllm_ngram_style.loop_guard import capture_banned, guard_banned_tokens, restore_banned
+from vllm_ngram_style.modes import compile_style
+from vllm_ngram_style.pack import StylePack, default_weights, load_pack, save_pack
+from vllm_ngram_style.reference_op import ReferenceSteering
+from vllm_ngram_style.steering_core import LOOP_GUARD_WINDOW
+from vllm_ngram_style.train import count_token_documents, train_pack
+
+MODES = ("exact", "paper")
 
 
 def random_docs(rng, n_docs, vocab, max_len=40, zipf=1.1):
@@ -49,3 +58,72 @@ class NaiveModel:
         counts = self.kept[(n, ctx)]
         total = sum(self.full[(n, ctx)].values())  # N counts every continuation, kept or not
         return np.log((counts.get(t, 0) + k) / (total + k * vocab))
+
+
+# ---- shared by the vLLM tests ------------------------------------------------------------------------
+
+def train_test_packs(tokenizer_dir, folder):
+    """Two styles counted with the served tokenizer (orders 3 and 4): {name: path}."""
+    from vllm_ngram_style.testing.tiny import sample_text
+
+    out = {}
+    for name, seed, orders in (("alpha", 1, 3), ("beta", 2, 4)):
+        text = folder / f"{name}.txt"
+        text.write_text(sample_text(300, seed=seed))
+        pack, _ = train_pack(tokenizer_dir, [str(text)], orders=orders, name=name, progress=False)
+        save_pack(pack, str(folder / f"{name}.stylepack"))
+        out[name] = str(folder / f"{name}.stylepack")
+    return out
+
+
+class Oracle:
+    """Row-by-row expected logits, built independently of the steering core's variant numbering."""
+
+    def __init__(self, packs):
+        loaded = {name: load_pack(path) for name, path in packs.items()}
+        self.ref = {(s, m): ReferenceSteering([compile_style(p, m, name=s)]) for s, p in loaded.items() for m in MODES}
+        self.max_order = max(p.orders for p in loaded.values())
+
+    def row(self, logits_row, extra, tokens, generated):
+        """logits_row [V]; extra: the request's extra_args; tokens: prompt + output so far;
+        generated: output tokens only. -> expected row."""
+        out = logits_row.clone()[None]  # [1, V]
+        if not extra or not extra.get("style") or extra.get("style_strength", 0.3) == 0:
+            return out[0]
+        ref = self.ref[(extra["style"], extra.get("style_mode", "exact"))]
+        m = ref.max_order - 1
+        ctx = ([-1] * m + list(tokens))[len(tokens):] if m else []  # the last m tokens, -1 padded
+        strength = torch.tensor([extra.get("style_strength", 0.3)], dtype=torch.float32)
+        if extra.get("style_adaptive"):
+            strength = strength * adaptive_scale(out)
+        g = extra.get("style_loop_guard", 0)
+        if g:
+            w = LOOP_GUARD_WINDOW
+            hist = torch.tensor([([-1] * w + list(generated))[-w:]], dtype=torch.int64)
+            banned = guard_banned_tokens(hist, g)
+            before = capture_banned(out, banned)
+        ref.apply(out, torch.tensor([0]), strength, torch.tensor([ctx], dtype=torch.int64).reshape(1, m))
+        if g:
+            restore_banned(out, banned, before)
+        return out[0]
+
+
+def greedy_reference(model_dir, packs):
+    """A transformers greedy loop over the tiny model that applies the oracle's steering to every step's
+    logits: -> run(prompt ids, extra_args, max_tokens) -> generated ids."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    oracle = Oracle(packs)
+
+    @torch.no_grad()
+    def run(prompt, extra, max_tokens):
+        ids, generated = list(prompt), []
+        for _ in range(max_tokens):
+            logits = model(torch.tensor([ids])).logits[0, -1].float()  # [V]
+            tok = int(torch.argmax(oracle.row(logits, extra, ids, generated)))
+            ids.append(tok)
+            generated.append(tok)
+        return generated
+
+    return run

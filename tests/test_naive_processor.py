@@ -15,7 +15,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("vllm")
-from test_vllm_protocol import V, fake_vllm_config, train_test_packs  # noqa: E402
+from helpers import train_test_packs  # noqa: E402
+from test_vllm_protocol import V, fake_vllm_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

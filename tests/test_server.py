@@ -20,20 +20,12 @@ import pytest
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
-import torch  # noqa: E402
-from test_vllm_protocol import Oracle, train_test_packs  # noqa: E402
+from helpers import greedy_reference, train_test_packs  # noqa: E402
 
 START_BUDGET_S = float(os.environ.get("NGRAM_STYLE_TEST_SERVER_START_S", "300"))  # ~60 s idle; CI is shared
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds spin-wait contention (100x slower on a
-    loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _free_port() -> int:
@@ -89,21 +81,7 @@ def server(tiny_model_dir, packs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, packs):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32).eval()
-    oracle = Oracle(packs)
-
-    @torch.no_grad()
-    def run(prompt, extra, n):
-        ids, out = list(prompt), []
-        for _ in range(n):
-            tok = int(torch.argmax(oracle.row(model(torch.tensor([ids])).logits[0, -1], extra, ids, out)))
-            ids.append(tok)
-            out.append(tok)
-        return out
-
-    return run
+    return greedy_reference(tiny_model_dir, packs)
 
 
 def _complete(server, prompt, xargs=None, n=12, **kw):

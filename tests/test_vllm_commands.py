@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from test_vllm_protocol import train_test_packs
+from helpers import train_test_packs
 
 from vllm_ngram_style.cli import main
 from vllm_ngram_style.commands.generate import render

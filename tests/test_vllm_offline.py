@@ -17,8 +17,7 @@ for _k, _v in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM
     os.environ.setdefault(_k, _v)
 
 pytest.importorskip("vllm")
-import torch  # noqa: E402
-from test_vllm_protocol import Oracle, train_test_packs  # noqa: E402
+from helpers import greedy_reference, train_test_packs  # noqa: E402
 
 from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor  # noqa: E402
 
@@ -26,14 +25,7 @@ MAX_SEQS = 8  # fewer than the churn test's requests: they must queue, join and 
 STATS = Counter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds spin-wait contention (100x slower on a
-    loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 class RecordingProcessor(NgramStyleLogitsProcessor):
@@ -111,22 +103,7 @@ def engines(tiny_model_dir, packs, prompts):
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, packs):
     """A transformers greedy loop that applies the oracle's steering to every step's logits."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32).eval()
-    oracle = Oracle(packs)
-
-    @torch.no_grad()
-    def run(prompt, extra, max_tokens):
-        ids, generated = list(prompt), []
-        for _ in range(max_tokens):
-            logits = model(torch.tensor([ids])).logits[0, -1].float()  # [V]
-            tok = int(torch.argmax(oracle.row(logits, extra, ids, generated)))
-            ids.append(tok)
-            generated.append(tok)
-        return generated
-
-    return run
+    return greedy_reference(tiny_model_dir, packs)
 
 
 def _ids(outputs):

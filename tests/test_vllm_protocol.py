@@ -4,7 +4,7 @@ V1: random add / remove / move (unidirectional and swap) sequences, as vLLM's pe
 emits them, with live output lists growing between steps. V2: vLLM's real LogitsProcRequestState
 and LogitsContext dataclasses over small stand-ins for its device buffers, with recycled slots,
 rows reordered every step and partial (chunked) prefills. Every step, every row is checked against
-an independent row-by-row computation (one ReferenceSteering per style x mode, built here);
+an independent row-by-row computation (helpers.Oracle: one ReferenceSteering per style x mode);
 unsteered rows must be untouched bit for bit.
 """
 import os
@@ -18,43 +18,17 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
-from vllm_ngram_style.adaptive import adaptive_scale  # noqa: E402
+from helpers import MODES, Oracle, train_test_packs  # noqa: E402
+
 from vllm_ngram_style.errors import ConfigError  # noqa: E402
-from vllm_ngram_style.loop_guard import capture_banned, guard_banned_tokens, restore_banned  # noqa: E402
-from vllm_ngram_style.modes import compile_style  # noqa: E402
-from vllm_ngram_style.pack import load_pack, save_pack  # noqa: E402
-from vllm_ngram_style.reference_op import ReferenceSteering  # noqa: E402
-from vllm_ngram_style.steering_core import LOOP_GUARD_WINDOW  # noqa: E402
-from vllm_ngram_style.testing.tiny import sample_text  # noqa: E402
-from vllm_ngram_style.train import train_pack  # noqa: E402
 
 pytest.importorskip("vllm")
 
 V = 336  # logits width of the tiny model: wider than the tokenizer's 320 ids
-MODES = ("exact", "paper")
 HAS_KERNEL = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "kernels", "launcher.py"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds spin-wait contention (100x slower on a
-    loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def train_test_packs(tokenizer_dir, folder):
-    """Two styles counted with the served tokenizer (orders 3 and 4): {name: path}."""
-    out = {}
-    for name, seed, orders in (("alpha", 1, 3), ("beta", 2, 4)):
-        text = folder / f"{name}.txt"
-        text.write_text(sample_text(300, seed=seed))
-        pack, _ = train_pack(tokenizer_dir, [str(text)], orders=orders, name=name, progress=False)
-        save_pack(pack, str(folder / f"{name}.stylepack"))
-        out[name] = str(folder / f"{name}.stylepack")
-    return out
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -68,38 +42,6 @@ def fake_vllm_config(tokenizer_dir, packs, speculative=None):
                                   trust_remote_code=False)
     return types.SimpleNamespace(additional_config={"ngram_style": {"styles": dict(packs)}},
                                  speculative_config=speculative, model_config=model)
-
-
-class Oracle:
-    """Row-by-row expected logits, built independently of the steering core's variant numbering."""
-
-    def __init__(self, packs):
-        loaded = {name: load_pack(path) for name, path in packs.items()}
-        self.ref = {(s, m): ReferenceSteering([compile_style(p, m, name=s)]) for s, p in loaded.items() for m in MODES}
-        self.max_order = max(p.orders for p in loaded.values())
-
-    def row(self, logits_row, extra, tokens, generated):
-        """logits_row [V]; extra: the request's extra_args; tokens: prompt + output so far;
-        generated: output tokens only. -> expected row."""
-        out = logits_row.clone()[None]  # [1, V]
-        if not extra or not extra.get("style") or extra.get("style_strength", 0.3) == 0:
-            return out[0]
-        ref = self.ref[(extra["style"], extra.get("style_mode", "exact"))]
-        m = ref.max_order - 1
-        ctx = ([-1] * m + list(tokens))[len(tokens):] if m else []  # the last m tokens, -1 padded
-        strength = torch.tensor([extra.get("style_strength", 0.3)], dtype=torch.float32)
-        if extra.get("style_adaptive"):
-            strength = strength * adaptive_scale(out)
-        g = extra.get("style_loop_guard", 0)
-        if g:
-            w = LOOP_GUARD_WINDOW
-            hist = torch.tensor([([-1] * w + list(generated))[-w:]], dtype=torch.int64)
-            banned = guard_banned_tokens(hist, g)
-            before = capture_banned(out, banned)
-        ref.apply(out, torch.tensor([0]), strength, torch.tensor([ctx], dtype=torch.int64).reshape(1, m))
-        if g:
-            restore_banned(out, banned, before)
-        return out[0]
 
 
 def random_extra(rng, styles):
