@@ -22,6 +22,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DQ = os.path.join(HERE, "..", "..", "shared", "corpora", "cervantes_don_quixote.txt")
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def count(docs, vocab, orders, top_k):
     from vllm_ngram_style.train import count_token_documents
 
@@ -84,7 +92,7 @@ def main() -> int:
 
     import datetime
 
-    header = (f"\n## Training speed ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
+    header = (f"\n## Training speed ({datetime.date.today()}, {_cpu_name()}, "
               f"{os.cpu_count()} cores, numpy {np.__version__})\n\n"
               f"Command: `python benchmarks/train_speed.py --synthetic-tokens {args.synthetic_tokens}` "
               f"(orders 1..{args.orders}, top-{args.top_k})\n\n"
