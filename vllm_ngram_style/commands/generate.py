@@ -24,7 +24,7 @@ DEFAULT_PROMPTS = (
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="model folder (the packs must be trained with its tokenizer)")
+    p.add_argument("--model", required=True, help="'smollm2' or a local model folder (the packs must be trained with its tokenizer)")
     add_style_arguments(p)
     p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                    help=f"lambda, 0..5 (default {DEFAULT_STRENGTH})")
@@ -93,6 +93,9 @@ def run(args) -> int:
         raise ConfigError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if not (args.temperature >= 0):
         raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
+    from ..models import resolve_model
+
+    args.model = resolve_model(args.model)  # "smollm2" or a local model folder
     args.modes = args.mode  # compile only the mode this run uses
     cfg, packs = check_styles(style_section(args), args.model)
     for name in cfg.names:  # the same validation a server applies to a request

@@ -37,7 +37,7 @@ def add_style_arguments(p) -> None:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="model folder (or a name in the local Hugging Face cache)")
+    p.add_argument("model", help="model folder, 'smollm2', or a name in the local Hugging Face cache")
     add_style_arguments(p)
     p.add_argument("--check", action="store_true", help="check the packs, print the vLLM command, do not start")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
@@ -151,6 +151,10 @@ def run(args) -> int:
     vl, _ = _vllm_parser().parse_known_args(rest)
     if vl.model:
         raise ConfigError("give the model as the first argument (serve MODEL ...), not --model")
+    from ..models import KNOWN_MODELS, resolve_model
+
+    if args.model.lower() in KNOWN_MODELS:  # "smollm2": the converted local folder
+        args.model = resolve_model(args.model)
     if vl.speculative_config:
         raise ConfigError("style steering does not support speculative decoding: drop --speculative-config")
     extra_additional = {}
