@@ -94,11 +94,13 @@ def reduce_keys(keys: np.ndarray, counts: np.ndarray | None, runs_sorted: bool =
 class NgramCounter:
     """Counts n-grams of orders 1..max_order over a stream of documents.
 
-    Memory is bounded by ``chunk_tokens`` for the raw chunk plus the distinct n-grams seen so far
-    (what any exact counter must hold).
+    Memory is bounded by ``chunk_tokens`` for the raw chunk (about 40 bytes a token while it is
+    counted) plus the distinct n-grams seen so far (what any exact counter must hold). Larger
+    chunks mean fewer merge passes: 16M tokens measured 1.5-1.8x faster than 4M on 20M tokens at
+    about the same peak memory, which the distinct n-grams dominate.
     """
 
-    def __init__(self, max_order: int, vocab_size: int, chunk_tokens: int = 4_000_000):
+    def __init__(self, max_order: int, vocab_size: int, chunk_tokens: int = 16_000_000):
         if not 1 <= max_order <= MAX_ORDER:
             raise ValueError(f"orders must be between 1 and {MAX_ORDER}, got {max_order}")
         self.max_order = max_order
