@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .counting import MAX_ORDER, bits_per_token, pack_keys
+from .counting import MAX_ORDER, bits_per_token, check_sparse_order, pack_keys
 
 KINDS = ("kneser-ney", "arpa")
 
@@ -264,16 +264,10 @@ def check_order(o: BackoffOrder, vocab: int) -> None:
     """Everything the lookups rely on: shapes, offsets, sorted unique keys, finite values."""
     n = o.order
     c = o.context_log_backoff.shape[0]
-    if o.context_tokens.shape != (c, n - 1) or (n == 1 and c != 1):
+    if n == 1 and c != 1:
         raise ValueError(f"backoff order {n}: context_tokens shape {o.context_tokens.shape}")
-    if o.context_offsets.shape != (c + 1,) or o.context_offsets[0] != 0 or np.any(np.diff(o.context_offsets) < 0):
-        raise ValueError(f"backoff order {n}: bad context_offsets")
-    e = int(o.context_offsets[-1])
-    if o.entry_tokens.shape != (e,) or o.entry_logprob.shape != (e,):
-        raise ValueError(f"backoff order {n}: entry arrays do not match offsets")
-    for arr in (o.context_tokens, o.entry_tokens):
-        if arr.size and (arr.min() < 0 or arr.max() >= vocab):
-            raise ValueError(f"backoff order {n}: token id outside the vocabulary")
+    check_sparse_order(f"backoff order {n}", n, c, o.context_tokens, o.context_offsets, (o.entry_logprob,),
+                       o.entry_tokens, vocab)
     for arr in (o.context_log_backoff, o.entry_logprob):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"backoff order {n}: non-finite log probability or backoff")
@@ -281,7 +275,7 @@ def check_order(o: BackoffOrder, vocab: int) -> None:
         keys = row_keys(o.context_tokens.astype(np.int64), bits_per_token(vocab))
         if not strictly_sorted(keys):
             raise ValueError(f"backoff order {n}: contexts not strictly sorted")
-    if e > 1:
+    if o.entry_tokens.shape[0] > 1:
         ci = np.repeat(np.arange(c, dtype=np.int64), np.diff(o.context_offsets))
         keys = ci * vocab + o.entry_tokens.astype(np.int64)
         if not np.all(keys[1:] > keys[:-1]):

@@ -256,3 +256,22 @@ def build_top_k_tables(counts: list[OrderCounts], top_k: int) -> list[OrderTable
     """build_top_k_table for every order, in parallel threads (numpy releases the GIL)."""
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(counts)))) as pool:
         return list(pool.map(lambda c: build_top_k_table(c, top_k), counts))
+
+
+def check_sparse_order(label: str, order: int, n_contexts: int, context_tokens: np.ndarray,
+                       context_offsets: np.ndarray, entry_arrays: tuple, entry_tokens: np.ndarray, vocab: int) -> None:
+    """Validate one order's context -> entries layout (shared by count tables and backoff tables):
+    context_tokens [C, n-1], context_offsets [C+1] starting at 0 and non-decreasing, every entry
+    array of length offsets[-1], token ids inside the vocabulary. Raises ValueError naming ``label``."""
+    if context_tokens.shape != (n_contexts, order - 1):
+        raise ValueError(f"{label}: context_tokens shape {context_tokens.shape}")
+    if (context_offsets.shape != (n_contexts + 1,) or context_offsets[0] != 0
+            or np.any(np.diff(context_offsets) < 0)):
+        raise ValueError(f"{label}: bad context_offsets")
+    e = int(context_offsets[-1])
+    if any(arr.shape != (e,) for arr in (entry_tokens, *entry_arrays)):
+        raise ValueError(f"{label}: entry arrays do not match offsets")
+    for arr in (context_tokens, entry_tokens):
+        if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+            raise ValueError(f"{label}: token id outside the vocabulary")
+

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .counting import MAX_ORDER, OrderTable
+from .counting import MAX_ORDER, OrderTable, check_sparse_order
 from .errors import StylePackError
 
 FORMAT_NAME = "vllm-ngram-style-pack"
@@ -184,14 +184,5 @@ def load_pack(path: str) -> StylePack:
 
 
 def _check_table(t: OrderTable, vocab: int) -> None:
-    c = t.context_total.shape[0]
-    if t.context_tokens.shape != (c, t.order - 1):
-        raise ValueError(f"order {t.order}: context_tokens shape {t.context_tokens.shape}")
-    if t.context_offsets.shape != (c + 1,) or t.context_offsets[0] != 0 or np.any(np.diff(t.context_offsets) < 0):
-        raise ValueError(f"order {t.order}: bad context_offsets")
-    e = int(t.context_offsets[-1])
-    if t.entry_tokens.shape != (e,) or t.entry_counts.shape != (e,):
-        raise ValueError(f"order {t.order}: entry arrays do not match offsets")
-    for arr in (t.context_tokens, t.entry_tokens):
-        if arr.size and (arr.min() < 0 or arr.max() >= vocab):
-            raise ValueError(f"order {t.order}: token id outside the vocabulary")
+    check_sparse_order(f"order {t.order}", t.order, t.context_total.shape[0], t.context_tokens,
+                       t.context_offsets, (t.entry_counts,), t.entry_tokens, vocab)
