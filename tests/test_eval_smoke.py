@@ -3,6 +3,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 
 import pytest
 
@@ -28,10 +29,11 @@ def tiny_pack(tiny_model_dir, tmp_path_factory):
 
 def test_eval_cli_transformers_backend(tiny_model_dir, tiny_pack, tmp_path, capsys):
     out = tmp_path / "out"
+    corpus = os.path.join(os.path.dirname(tiny_pack), "tiny_corpus.txt")
     rc = main(["eval", "--model", tiny_model_dir, "--pack", f"tiny={tiny_pack}", "--out", str(out),
-               "--backend", "transformers", *ARGS])
+               "--backend", "transformers", "--corpus-text", f"tiny={corpus}", *ARGS])
     assert rc == 0
-    for name in ("summary.csv", "results.json", "generations.jsonl", "summary.md", "tiny.png"):
+    for name in ("summary.csv", "results.json", "generations.jsonl", "summary.md", "tiny.png", "frontier.png"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -54,14 +56,26 @@ def test_eval_cli_transformers_backend(tiny_model_dir, tiny_pack, tmp_path, caps
     assert len(data["goal"]) == 2  # greedy and sample
     md = (out / "summary.md").read_text()
     assert "Goal check" in md and "| best | 0.5 |" in md
+    # the corpus text anchor: one passage per prompt, as long as the generations may be
+    assert [a["tokens"] for a in data["anchors"]] == [6, 6] and {a["corpus"] for a in data["anchors"]} == {"tiny"}
+    assert all(a["style_ppl"] > 1 and a["base_ppl"] > 1 for a in data["anchors"])
+    assert "## Frontier" in md and "Corpus text as the far end" in md and "| tiny | greedy | 2 |" in md
     # generations differ between greedy and sampling for at least one prompt
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == len(recs)
     # reports rebuild identically from the saved results
     before = (out / "summary.csv").read_text()
     (out / "summary.csv").unlink()
+    md_before = (out / "summary.md").read_text()
     assert main(["eval", "--report-only", "--out", str(out), "--no-plots"]) == 0
     assert (out / "summary.csv").read_text() == before
+    assert (out / "summary.md").read_text() == md_before  # anchors survive the round trip
+    # anchors can be added to an existing report; a corpus name that was not evaluated is refused
+    assert main(["eval", "--report-only", "--out", str(out), "--no-plots", "--model", tiny_model_dir,
+                 "--pack", f"tiny={tiny_pack}", "--corpus-text", f"tiny={corpus}"]) == 0
+    assert len(json.loads((out / "results.json").read_text())["anchors"]) == 2
+    assert main(["eval", "--report-only", "--out", str(out), "--no-plots", "--model", tiny_model_dir,
+                 "--pack", f"tiny={tiny_pack}", "--corpus-text", f"other={corpus}"]) == 2
 
 
 def test_eval_cli_errors(tiny_model_dir, tiny_pack, tmp_path, capsys):

@@ -41,13 +41,19 @@ def strip_gutenberg(text: str) -> str:
     return text
 
 
+def resolve_split(text: str, split: str) -> str:
+    """'auto' -> 'paragraph' when the text has blank lines, else 'line'; other modes unchanged."""
+    if split == "auto":
+        return "paragraph" if re.search(r"\n[ \t]*\n", text.replace("\r\n", "\n")) else "line"
+    return split
+
+
 def split_documents(text: str, split: str = "auto") -> list[str]:
     """Split a corpus's text into documents (see the module docstring)."""
     if split not in SPLIT_MODES:
         raise CorpusError(f"unknown split mode {split!r}; choose one of {', '.join(SPLIT_MODES)}")
     text = text.replace("\r\n", "\n")
-    if split == "auto":
-        split = "paragraph" if re.search(r"\n[ \t]*\n", text) else "line"
+    split = resolve_split(text, split)
     if split == "file":
         docs = [" ".join(text.split())]
     elif split == "line":

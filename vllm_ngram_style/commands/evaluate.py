@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument("--sample-families", nargs="+",
                    choices=["unsteered", "prompt", *STEERED_FAMILIES, *EXTRA_FAMILIES, "prompt+best"],
                    help="run sampling only for these families (default all; greedy always runs every family)")
+    p.add_argument("--corpus-text", action="append", default=[], metavar="NAME=PATH",
+                   help="also score real passages of corpus NAME's text (the file it was trained on) as the "
+                        "frontier's far end (repeatable; with --report-only, add --model and --pack)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="vLLM: sequences decoded together (default 256)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")
     p.add_argument("--no-plots", action="store_true")
@@ -61,36 +64,81 @@ def parse_packs(specs: list) -> list:
     return out
 
 
-def run(args) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def load_named_packs(specs: list) -> list:
+    """--pack values -> [(name, abs path, StylePack)], names unique."""
     from ..errors import ConfigError
-    from ..evaluation.prompts import load_prompts, style_instruction
-    from ..evaluation.report import write_report
-    from ..evaluation.runner import CorpusSpec, EvalSettings, run_evaluation
-    from ..models import resolve_model
     from ..pack import load_pack
 
-    if args.report_only:
-        from ..evaluation.report import load_result
-
-        if not os.path.isfile(os.path.join(args.out, "results.json")):
-            raise ConfigError(f"--report-only: no results.json in {args.out!r}")
-        for kind, path in write_report(load_result(args.out), args.out, plots=not args.no_plots).items():
-            print(f"{kind}: {path}")
-        return 0
-    if not args.model or not args.pack:
-        raise ConfigError("--model and --pack are required (unless --report-only)")
-    model_dir = resolve_model(args.model)
-    packs = parse_packs(args.pack)
-    if args.instruction and len(packs) > 1:
-        raise ConfigError("--instruction applies to a single pack; the built-in instructions cover several")
-    corpora, names = [], set()
-    for name, path in packs:
+    out, names = [], set()
+    for name, path in parse_packs(specs):
         pack = load_pack(path)
         name = name or pack.name or os.path.splitext(os.path.basename(path))[0]
         if name in names:
             raise ConfigError(f"style name {name!r} given twice; name packs with NAME=PATH")
         names.add(name)
+        out.append((name, path, pack))
+    return out
+
+
+def parse_corpus_texts(specs: list) -> list:
+    """['NAME=PATH', ...] -> [(name, abs path)]."""
+    from ..errors import ConfigError
+
+    out = []
+    for s in specs:
+        name, sep, path = s.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--corpus-text {s!r}: expected NAME=PATH (NAME: the evaluated style's name)")
+        out.append((name, os.path.abspath(path)))
+    return out
+
+
+def _anchors(args, model_dir, corpus_texts, packs, prompts, n_tokens):
+    from ..evaluation.anchor import compute_anchors
+
+    return compute_anchors(model_dir, corpus_texts, packs, prompts, n_tokens, progress=not args.quiet)
+
+
+def run(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..corpus import read_text
+    from ..errors import ConfigError
+    from ..evaluation.prompts import load_prompts, style_instruction
+    from ..evaluation.report import write_report
+    from ..evaluation.runner import CorpusSpec, EvalSettings, run_evaluation
+    from ..models import resolve_model
+
+    corpus_texts = parse_corpus_texts(args.corpus_text)
+    if args.report_only:
+        from ..evaluation.prompts import Prompt
+        from ..evaluation.report import load_result
+
+        if not os.path.isfile(os.path.join(args.out, "results.json")):
+            raise ConfigError(f"--report-only: no results.json in {args.out!r}")
+        result = load_result(args.out)
+        if corpus_texts:
+            if not args.model or not args.pack:
+                raise ConfigError("--report-only with --corpus-text needs --model and --pack (to score the text)")
+            packs = {name: pack for name, _, pack in load_named_packs(args.pack)}
+            prompts = [Prompt(**p) for p in result["meta"]["prompts"]]
+            fresh = _anchors(args, resolve_model(args.model), corpus_texts, packs, prompts,
+                             result["meta"]["settings"]["max_tokens"])
+            result["anchors"] = [a for a in result["anchors"] if a["corpus"] not in dict(corpus_texts)] + fresh
+        for kind, path in write_report(result, args.out, plots=not args.no_plots).items():
+            print(f"{kind}: {path}")
+        return 0
+    if not args.model or not args.pack:
+        raise ConfigError("--model and --pack are required (unless --report-only)")
+    model_dir = resolve_model(args.model)
+    named = load_named_packs(args.pack)
+    if args.instruction and len(named) > 1:
+        raise ConfigError("--instruction applies to a single pack; the built-in instructions cover several")
+    for name, path in corpus_texts:  # fail before hours of generation, not after
+        if name not in {n for n, _, _ in named}:
+            raise ConfigError(f"--corpus-text {name}={path}: no --pack is named {name!r}")
+        read_text(path)
+    corpora = []
+    for name, path, pack in named:
         stem = os.path.splitext((pack.corpus.get("files") or [name])[0])[0]
         instruction = args.instruction or style_instruction(stem if stem else name, args.prompts)
         corpora.append(CorpusSpec(name, path, instruction))
@@ -121,6 +169,9 @@ def run(args) -> int:
     result = run_evaluation(model_dir, corpora, prompts, settings, backend=args.backend, progress=not args.quiet,
                             enforce_eager=args.enforce_eager, max_num_seqs=args.max_num_seqs,
                             on_corpus_done=lambda partial: write_report(partial, args.out, plots=False))
+    if corpus_texts:
+        result["anchors"] = _anchors(args, model_dir, corpus_texts, {n: p for n, _, p in named}, prompts,
+                                     args.max_tokens)
     paths = write_report(result, args.out, plots=not args.no_plots)
     for kind, path in paths.items():
         print(f"{kind}: {path}")

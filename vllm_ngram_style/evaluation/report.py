@@ -156,7 +156,10 @@ def _fmt(x, digits=3):
     return f"{x:.{digits}g}"
 
 
-def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0)) -> str:
+def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0),
+             anchors: dict | None = None) -> str:
+    from .frontier import markdown_section
+
     meta = result["meta"]
     s = meta["settings"]
     lines = [f"# Style steering evaluation", "",
@@ -183,6 +186,7 @@ def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3
         lines.append(f"| {g['corpus']} | {g['decoding']} | {rng} | {', '.join(f'{x:g}' for x in g['passing_lambdas']) or '-'} "
                      f"| {run} | {'yes' if g['met'] else 'no'} |")
     lines.append("")
+    lines += markdown_section(rows, anchors or {})
     for corpus in sorted({r["corpus"] for r in rows}):
         for dec in sorted({r["decoding"] for r in rows if r["corpus"] == corpus}):
             lines += [f"## {corpus}, {dec}", "",
@@ -215,21 +219,26 @@ def load_result(out_dir: str) -> dict:
         r = {k: (float("nan") if v is None and k in METRICS else v) for k, v in r.items()}
         r["text"] = texts.get((r["corpus"], r["decoding"], r["family"], r["lambda"], r["prompt_id"]), "")
         records.append(r)
-    return {"meta": data["meta"], "records": records}
+    return {"meta": data["meta"], "records": records, "anchors": data.get("anchors", [])}
 
 
 def write_report(result: dict, out_dir: str, plots: bool = True) -> dict:
     """Write summary.csv, results.json, generations.jsonl, <corpus>.png and summary.md into out_dir."""
+    from .anchor import summarise
+    from .frontier import plot_frontier
+
     os.makedirs(out_dir, exist_ok=True)
     rows = aggregate(result["records"])
+    anchor_records = result.get("anchors") or []
+    anchors = summarise(anchor_records)
     goals = goal_check(rows, max_lambda=1.0)
     if any(r["lambda"] > 1.0 + 1e-9 for r in rows):
         goals += goal_check(rows)
     write_csv(rows, os.path.join(out_dir, "summary.csv"))
     metrics_only = [{k: v for k, v in r.items() if k != "text"} for r in result["records"]]
     with open(os.path.join(out_dir, "results.json"), "w") as fh:
-        json.dump(_json_safe({"meta": result["meta"], "goal": goals, "summary": rows, "records": metrics_only}),
-                  fh, indent=1)
+        json.dump(_json_safe({"meta": result["meta"], "goal": goals, "summary": rows, "records": metrics_only,
+                              "anchors": anchor_records}), fh, indent=1)
     with open(os.path.join(out_dir, "generations.jsonl"), "w") as fh:
         for r in result["records"]:
             fh.write(json.dumps({k: r[k] for k in ("corpus", "decoding", "family", "lambda", "prompt_id", "text")},
@@ -240,6 +249,8 @@ def write_report(result: dict, out_dir: str, plots: bool = True) -> dict:
             name = f"{corpus}.png"
             plot_corpus(rows, corpus, os.path.join(out_dir, name))
             paths[f"plot:{corpus}"] = name
+        plot_frontier(rows, anchors, os.path.join(out_dir, "frontier.png"))
+        paths["plot:frontier"] = "frontier.png"
     with open(os.path.join(out_dir, "summary.md"), "w") as fh:
-        fh.write(markdown(result, rows, goals))
+        fh.write(markdown(result, rows, goals, anchors=anchors))
     return {k: os.path.join(out_dir, v) for k, v in paths.items()}
