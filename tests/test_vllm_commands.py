@@ -37,6 +37,12 @@ def test_serve_check_prints_the_vllm_command(tiny_model_dir, packs, capsys, monk
     assert additional == {"other": 1, "ngram_style": {"styles": {"alpha": packs["alpha"], "gamma": packs["beta"]},
                                                       "modes": ["exact"]}}
     assert "alpha" in out and "gamma" in out
+    # CPU: chunked prefill off (seeded requests would crash vLLM 0.32's CPU runner), unless chosen
+    assert cmd[-1] == "--no-enable-chunked-prefill"
+    assert main(["serve", tiny_model_dir, "--style", f"alpha={packs['alpha']}", "--enable-chunked-prefill",
+                 "--check"]) == 0
+    cmd = shlex.split(capsys.readouterr().out.split("starting: ", 1)[1])
+    assert "--no-enable-chunked-prefill" not in cmd and "--enable-chunked-prefill" in cmd
 
 
 @pytest.mark.parametrize("argv_tail,message", [

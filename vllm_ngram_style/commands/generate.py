@@ -126,6 +126,8 @@ def run(args) -> int:
     llm = LLM(model=args.model, dtype=args.dtype or ("float32" if on_cpu else "auto"), seed=args.seed,
               max_model_len=args.max_model_len, logits_processors=[PROCESSORS[processor]],
               enforce_eager=on_cpu and not args.compile,  # on CPU compiling costs more than a short run saves
+              # seeded sampling + chunked prefill crashes vLLM 0.32's CPU runner (see serve.cpu_vllm_args)
+              enable_chunked_prefill=False if on_cpu else None,
               additional_config={"ngram_style": {"styles": cfg.styles, "modes": list(cfg.modes)}})
     variants = [("unsteered", None)] + [(_label(args, n), _request_extra(args, n)) for n in cfg.names]
     params = [SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,

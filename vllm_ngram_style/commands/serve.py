@@ -130,6 +130,29 @@ def cpu_defaults(processor: str) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; without it the NUMA memory check may refuse
 
 
+CHUNKED_PREFILL_FLAGS = ("--enable-chunked-prefill", "--no-enable-chunked-prefill")
+
+
+def cpu_vllm_args(processor: str, passthrough: list[str]) -> list[str]:
+    """vLLM options added on the CPU backend, unless the user chose otherwise.
+
+    vLLM 0.32's CPU runner dies ("CPU Generator does not use offset") when a request with its own
+    sampling seed has its prefill split over two steps, so one client sending `seed` with a long
+    prompt would take the whole server down. Without chunked prefill vLLM prefills each prompt in
+    one step (it raises max_num_batched_tokens to max_model_len itself)."""
+    if processor != "v1" or _on_gpu():
+        return []
+    if any(a.split("=", 1)[0] in CHUNKED_PREFILL_FLAGS for a in passthrough):
+        return []
+    return ["--no-enable-chunked-prefill"]
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def describe(cfg, packs) -> list[str]:
     lines = []
     for name in cfg.names:
@@ -175,7 +198,7 @@ def run(args) -> int:
     passthrough = _strip(rest, {"--additional-config": 1, "--logits-processors": None})
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model,
            "--logits-processors", *vl.logits_processors, PROCESSORS[processor],
-           "--additional-config", json.dumps(additional), *passthrough]
+           "--additional-config", json.dumps(additional), *passthrough, *cpu_vllm_args(processor, passthrough)]
     print(f"vllm-ngram-style: {len(cfg.names)} style(s) checked against {vl.tokenizer or args.model}'s tokenizer:")
     print("\n".join(describe(cfg, packs)))
     print(f"  modes: {', '.join(cfg.modes)}; processor: {PROCESSORS[processor]}")

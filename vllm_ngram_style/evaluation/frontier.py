@@ -106,6 +106,7 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     keys = [(c, d) for c in sorted({r["corpus"] for r in rows})
             for d in sorted({r["decoding"] for r in rows if r["corpus"] == c})]
@@ -142,19 +143,27 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
                     ax.plot([x], [y], "s", color="gray", label="prompt only")
                     xs_all.append(x)
                     ys_all.append(y)
+            finite = [(x, y) for x, y in zip(xs_all, ys_all) if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
+            x_hi = max(max(x for x, _ in finite) * 1.3, 1 + 2 * GOAL["base_rel"])
             a = anchor_by.get((corpus, dec))
             if a is not None:
-                ax.plot([a["base_ratio"]], [a["style_ratio"]], "*", color="black", ms=11, label="corpus text")
-                xs_all.append(a["base_ratio"])
-                ys_all.append(a["style_ratio"])
-            finite = [(x, y) for x, y in zip(xs_all, ys_all) if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
+                y = a["style_ratio"]
+                finite.append((min(a["base_ratio"], x_hi), y))
+                if a["base_ratio"] <= x_hi:
+                    ax.plot([a["base_ratio"]], [y], "*", color="black", ms=11, label="corpus text")
+                else:  # far off to the right: an edge marker with its value, so the frontier keeps its scale
+                    ax.plot([x_hi], [y], ">", color="black", ms=8, label="corpus text (off scale)")
+                    ax.annotate(f"corpus text: base x{a['base_ratio']:.0f}", (x_hi, y), fontsize=7, ha="right",
+                                xytext=(-8, 4), textcoords="offset points")
             x_lo = min(x for x, _ in finite) / 1.15
             y_lo = min(y for _, y in finite) / 1.3
             ax.fill_between([x_lo, 1 + GOAL["base_rel"]], y_lo, 1 - GOAL["style_cut"], color="tab:green", alpha=0.15,
                             label="goal box", zorder=0)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlim(left=x_lo)
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.set_xlim(x_lo, x_hi * 1.05)
             ax.set_ylim(bottom=y_lo)
             ax.axvline(1.0, color="gray", lw=0.6)
             ax.axhline(1.0, color="gray", lw=0.6)
