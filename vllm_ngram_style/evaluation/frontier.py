@@ -101,7 +101,8 @@ def markdown_section(rows: list, anchors: dict) -> list:
 
 def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") -> None:
     """One panel per corpus and decoding: style ratio vs base ratio, a line per family in lambda
-    order, the goal's box shaded, the corpus text as a star."""
+    order, a cross on points whose repetition is over the goal's budget, the goal's box shaded,
+    the corpus text as a star (or an edge marker when far off scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,13 +125,19 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
                 ax.set_visible(False)
                 continue
             xs_all, ys_all = [1.0], [1.0]
+            rep_marked = False
             for fam, (color, ls) in FAMILY_STYLE.items():
                 curve = family_curve(rows, corpus, dec, fam)
                 if len(curve) < 2:
                     continue
-                pts = [_ratios(r, base[0], stat)[:2] for r in curve]
+                pts = [_ratios(r, base[0], stat) for r in curve]
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 ax.plot(xs, ys, ls, color=color, marker="o", ms=3, label=fam)
+                loops = [(x, y) for x, y, rep in pts if math.isfinite(rep) and rep > GOAL["rep4_abs"] + 1e-12]
+                if loops:  # inside the box on these two axes can still fail the goal on repetition
+                    ax.plot([x for x, _ in loops], [y for _, y in loops], "x", color="black", ms=6, mew=0.8,
+                            label=None if rep_marked else f"rep4 > unsteered + {GOAL['rep4_abs']}")
+                    rep_marked = True
                 if fam == "best":
                     for r, x, y in zip(curve[1:], xs[1:], ys[1:]):
                         ax.annotate(f"{r['lambda']:g}", (x, y), fontsize=6, color=color, xytext=(2, 2),
@@ -139,8 +146,10 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
                 ys_all += ys
             for r in rows:
                 if r["corpus"] == corpus and r["decoding"] == dec and r["family"] == "prompt":
-                    x, y, _ = _ratios(r, base[0], stat)
+                    x, y, rep = _ratios(r, base[0], stat)
                     ax.plot([x], [y], "s", color="gray", label="prompt only")
+                    if math.isfinite(rep) and rep > GOAL["rep4_abs"] + 1e-12:
+                        ax.plot([x], [y], "x", color="black", ms=6, mew=0.8)
                     xs_all.append(x)
                     ys_all.append(y)
             finite = [(x, y) for x, y in zip(xs_all, ys_all) if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
