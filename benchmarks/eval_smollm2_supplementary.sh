@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Two small follow-ups to benchmarks/eval_smollm2_full.sh (same model, prompts, 256 tokens; run it
+# first, it trains the packs): best mode at stronger strengths on news headlines, and best mode
+# with a 3-gram loop guard on Don Quixote (greedy). About 20 minutes on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
+export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} VLLM_HOST_IP=127.0.0.1 \
+       VLLM_NO_USAGE_STATS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
+vllm-ngram-style eval --model smollm2 --pack "$PACKS/news_headlines_2017.stylepack" \
+  --out benchmarks/results/eval_smollm2_full_news_strong --max-tokens 256 --lambdas 0 1.5 2 2.5 3 \
+  --families best --prompt-lambdas --decodings greedy sample --sample-families unsteered best --js-prompts 0 --quiet
+vllm-ngram-style eval --model smollm2 --pack "$PACKS/cervantes_don_quixote.stylepack" \
+  --out benchmarks/results/eval_smollm2_full_guard3 --max-tokens 256 --lambdas 0 0.3 0.5 0.7 1.0 \
+  --families best --prompt-lambdas --decodings greedy --js-prompts 0 --loop-guard 3 --quiet
