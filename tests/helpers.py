@@ -103,8 +103,9 @@ class Oracle:
             banned = guard_banned_tokens(hist, g)
             before = capture_banned(out, banned)
         ref.apply(out, torch.tensor([0]), strength, torch.tensor([ctx], dtype=torch.int64).reshape(1, m))
-        if g:
-            restore_banned(out, banned, before)
+        if g:  # guarded tokens: unsteered logit minus the raw (not adaptive) strength x loop penalty
+            penalty = float(extra.get("style_strength", 0.3)) * float(extra.get("style_loop_penalty", 0.0))
+            restore_banned(out, banned, before - torch.tensor(penalty, dtype=torch.float32))
         return out[0]
 
 

@@ -11,6 +11,7 @@ from vllm_ngram_style.evaluation.metrics import (PackScorer, js_divergence_bits,
                                                  repetition_rate, score_sequence)
 from vllm_ngram_style.evaluation.report import aggregate, goal_check
 from vllm_ngram_style.evaluation.steer import LOOP_GUARD_WINDOW, RowSteerer, Steer
+from vllm_ngram_style.loop_guard import guard_banned_tokens
 
 
 def naive_mixture_logprob(naive: NaiveModel, weights, seq, k, vocab, truncated_unigrams=False):
@@ -178,8 +179,8 @@ def naive_step(naive, pack, z_row, steer, prompt, generated, width):
     if steer.loop_guard:
         window = list(generated[-LOOP_GUARD_WINDOW:])
         for t in naive_banned(window, steer.loop_guard):
-            if t < width:
-                out[t] = z_row[t]
+            if t < width:  # the unsteered logit, minus strength x penalty nats
+                out[t] = z_row[t] - steer.strength * steer.loop_penalty
     return out
 
 
@@ -193,7 +194,9 @@ def test_row_steerer_matches_naive(seed):
     width = vocab + 3  # the model's logits are wider than the pack's vocabulary
     steers = [Steer(), Steer("s", 0.7, "exact"), Steer("s", 0.4, "paper"), Steer("s", 1.3, "exact", adaptive=True),
               Steer("s", 0.9, "exact", adaptive=True, loop_guard=2), Steer("s", 0.5, "paper", loop_guard=3),
-              Steer("s", 0.0, "exact", loop_guard=2)]
+              Steer("s", 0.8, "exact", adaptive=True, loop_guard=2, loop_penalty=3.0),
+              Steer("s", 0.6, "exact", loop_guard=3, loop_penalty=0.5),
+              Steer("s", 0.0, "exact", loop_guard=2, loop_penalty=4.0)]
     prompts, gens = [], []
     for i in range(len(steers)):
         d = [int(x) for x in docs[rng.integers(len(docs))]]
@@ -245,9 +248,9 @@ def test_row_steerer_matches_steering_core():
     core = SteeringCore({"s": pack}, ("exact", "paper"), "cpu", backend="reference")
     steerer = RowSteerer({"s": pack}, ("exact", "paper"))
     steers = [Steer("s", 0.6, "exact", adaptive=True, loop_guard=2), Steer(), Steer("s", 0.3, "paper", loop_guard=3),
-              Steer("s", 1.0, "exact")]
+              Steer("s", 1.0, "exact"), Steer("s", 0.7, "exact", adaptive=True, loop_guard=2, loop_penalty=2.5)]
     gens = [[int(x) for x in (list(docs[i]) * 8)[:70]] for i in range(len(steers))]
-    prompts = [[1], [], [2, 3, 4], [5]]
+    prompts = [[1], [], [2, 3, 4], [5], [6, 7]]
     z = torch.randn(len(steers), 30, generator=torch.Generator().manual_seed(0))
     ctx = [steerer.context(p, g) for p, g in zip(prompts, gens)]
     hist = [steerer.history(g) for g in gens]
@@ -255,8 +258,14 @@ def test_row_steerer_matches_steering_core():
     variant = torch.tensor([core.variant_id(s.style, s.mode) if s.active else -1 for s in steers])
     theirs = core.apply(z.clone(), variant, torch.tensor([s.strength for s in steers], dtype=torch.float32),
                         torch.tensor(ctx), torch.tensor([s.adaptive for s in steers]),
-                        torch.tensor([s.loop_guard for s in steers], dtype=torch.int32), [2, 3], torch.tensor(hist))
+                        torch.tensor([s.loop_guard for s in steers], dtype=torch.int32), [2, 3], torch.tensor(hist),
+                        torch.tensor([s.strength * s.loop_penalty for s in steers], dtype=torch.float32))
     torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)
+    # the penalty moved the guarded tokens of the last row strictly below their unsteered logits
+    banned = guard_banned_tokens(torch.tensor([hist[-1]]), 2)[0]
+    banned = banned[banned >= 0]
+    assert banned.numel() > 0
+    assert torch.allclose(theirs[-1, banned], z[-1, banned] - 0.7 * 2.5)
 
 
 def test_score_sequence_and_aggregate_and_goal():

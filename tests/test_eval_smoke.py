@@ -97,7 +97,8 @@ def test_vllm_backend_matches_transformers_greedy(tiny_model_dir, tiny_pack):
 
     corpora = [CorpusSpec("tiny", tiny_pack, "Write like the tiny corpus.")]
     prompts = load_prompts(limit=2)
-    settings = EvalSettings(lambdas=(0.0, 0.5, 1.0), prompt_lambdas=(0.5,), decodings=("greedy",), max_tokens=8)
+    settings = EvalSettings(lambdas=(0.0, 0.5, 1.0), prompt_lambdas=(0.5,), decodings=("greedy",), max_tokens=8,
+                            loop_penalty=4.0)  # best mode with an active loop penalty, through both paths
     quiet = dict(progress=False, log=lambda *a: None)
     v = run_evaluation(tiny_model_dir, corpora, prompts, settings, backend="vllm", enforce_eager=True, **quiet)
     t = run_evaluation(tiny_model_dir, corpora, prompts, settings, backend="transformers", **quiet)

@@ -34,6 +34,10 @@ def test_defaults_and_full():
     assert parse({"style": "news", "style_adaptive": 0}).adaptive is False
     assert parse({"style": "news", "style_loop_guard": 0}).loop_guard == 0
     assert parse({"style": "news", "style_loop_guard": 8}).loop_guard == 8
+    assert parse({"style": "news", "style_loop_guard": 4}).loop_penalty == 0.0
+    got = parse({"style": "news", "style_loop_guard": 3, "style_loop_penalty": 2})
+    assert got.loop_penalty == 2.0 and isinstance(got.loop_penalty, float)
+    assert parse({"style": "news", "style_loop_guard": 3, "style_loop_penalty": 20}).loop_penalty == 20.0
 
 
 def test_default_mode_when_exact_disabled():
@@ -41,6 +45,17 @@ def test_default_mode_when_exact_disabled():
 
 
 BAD = [
+    ({"style": "quixote", "style_loop_penalty": 2.0}, r"style_loop_penalty needs style_loop_guard"),
+    ({"style": "quixote", "style_loop_guard": 4, "style_loop_penalty": float("nan")},
+     r"style_loop_penalty must be a finite number, got float nan"),
+    ({"style": "quixote", "style_loop_guard": 4, "style_loop_penalty": -1},
+     r"style_loop_penalty must be between 0 and 20, got -1"),
+    ({"style": "quixote", "style_loop_guard": 4, "style_loop_penalty": 20.5},
+     r"style_loop_penalty must be between 0 and 20, got 20.5"),
+    ({"style": "quixote", "style_loop_guard": 4, "style_loop_penalty": True},
+     r"style_loop_penalty must be a finite number, got bool True"),
+    ({"style": "quixote", "style_loop_guard": 4, "style_loop_penalty": "2"},
+     r"style_loop_penalty must be a finite number, got str '2'"),
     ({"style": "cervantes"}, r"unknown style 'cervantes' \(style\); this server offers: news, quixote"),
     ({"style": 3}, r"style must be a string naming a style, got int 3"),
     ({"style": ""}, r"unknown style ''"),

@@ -126,6 +126,7 @@ CONFIGS = [
     {"style": "alpha", "style_strength": 2.0, "style_adaptive": 1},
     {"style": "beta", "style_strength": 0.8, "style_loop_guard": 3},
     {"style": "alpha", "style_strength": 1.5, "style_mode": "paper", "style_adaptive": 1, "style_loop_guard": 2},
+    {"style": "beta", "style_strength": 0.9, "style_adaptive": 1, "style_loop_guard": 2, "style_loop_penalty": 6.0},
 ]
 
 

@@ -57,6 +57,8 @@ def random_extra(rng, styles):
         extra["style_adaptive"] = 1
     if rng.random() < 0.4:
         extra["style_loop_guard"] = rng.choice([2, 3, 5])
+        if rng.random() < 0.5:
+            extra["style_loop_penalty"] = rng.choice([0.5, 3.0, 20.0])
     return extra
 
 
@@ -345,7 +347,8 @@ def test_v2_apply_makes_no_host_sync_calls(tiny_tokenizer_dir, packs):
 
     proc.core.op = _Launcher()
     extras = [{"style": "alpha", "style_adaptive": 1, "style_loop_guard": 3}, None,
-              {"style": "beta", "style_loop_guard": 2, "style_mode": "paper"}, {"style": "alpha"}]
+              {"style": "beta", "style_loop_guard": 2, "style_mode": "paper", "style_loop_penalty": 2.0},
+              {"style": "alpha"}]
     for slot, extra in enumerate(extras):
         proc.add_request(slot, SamplingParams(extra_args=extra))
     proc.apply_staged_writes()

@@ -12,6 +12,8 @@ Request extras (OpenAI: ``"vllm_xargs": {...}``; offline: ``SamplingParams(extra
     style_adaptive    0 or 1: scale lambda by the model's normalised entropy at each step
     style_loop_guard  0 (off) or an n-gram size 2..8: no boost for a token that would repeat an
                       n-gram of the request's own recent output
+    style_loop_penalty  with the loop guard, push such a token DOWN by strength x this many nats
+                      below its unsteered logit (finite, 0..MAX_LOOP_PENALTY; default 0 = no boost only)
 
 Every bad value raises RequestError (a ValueError, so vLLM answers HTTP 400 with the message).
 """
@@ -28,7 +30,8 @@ KEY_STRENGTH = "style_strength"
 KEY_MODE = "style_mode"
 KEY_ADAPTIVE = "style_adaptive"
 KEY_LOOP_GUARD = "style_loop_guard"
-KNOWN_KEYS = (KEY_STYLE, KEY_STRENGTH, KEY_MODE, KEY_ADAPTIVE, KEY_LOOP_GUARD)
+KEY_LOOP_PENALTY = "style_loop_penalty"
+KNOWN_KEYS = (KEY_STYLE, KEY_STRENGTH, KEY_MODE, KEY_ADAPTIVE, KEY_LOOP_GUARD, KEY_LOOP_PENALTY)
 
 # In exact mode a context seen once adds w_n * log(1 + 1/k) ~ 6.9 w_n per order (k = 1e-3), so
 # lambda = 0.3 moves a style continuation by about 2 logits: clearly steered, still fluent. The
@@ -38,6 +41,8 @@ DEFAULT_STRENGTH = 0.3
 MAX_STRENGTH = 5.0
 DEFAULT_MODE = "exact"
 MIN_LOOP_GUARD, MAX_LOOP_GUARD = 2, 8
+# strength x penalty is subtracted from a logit; at MAX_STRENGTH x 20 = 100 nats a repeat is banned
+MAX_LOOP_PENALTY = 20.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class StyleRequest:
     mode: str = DEFAULT_MODE
     adaptive: bool = False
     loop_guard: int = 0  # 0 = off, else the n-gram size
+    loop_penalty: float = 0.0  # nats per unit of strength below the unsteered logit, for guarded tokens
 
 
 def _is_number(value: Any) -> bool:
@@ -87,6 +93,15 @@ def _loop_guard(value: Any) -> int:
     return value
 
 
+def _loop_penalty(value: Any) -> float:
+    if not _is_number(value) or not math.isfinite(float(value)):
+        raise RequestError(f"{KEY_LOOP_PENALTY} must be a finite number, got {type(value).__name__} {value!r}")
+    x = float(value)
+    if not 0.0 <= x <= MAX_LOOP_PENALTY:
+        raise RequestError(f"{KEY_LOOP_PENALTY} must be between 0 and {MAX_LOOP_PENALTY:g}, got {value!r}")
+    return x
+
+
 def _choice(key: str, value: Any, allowed: Sequence[str], what: str) -> str:
     listing = ", ".join(sorted(allowed)) or "(none configured)"
     if not isinstance(value, str):
@@ -117,12 +132,17 @@ def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[st
         raise RequestError(f"{', '.join(sorted(ours))} given without {KEY_STYLE!r}; name a style "
                            f"(one of: {', '.join(sorted(styles)) or '(none configured)'})")
     style = _choice(KEY_STYLE, ours[KEY_STYLE], styles, "style")
+    loop_guard = _loop_guard(ours[KEY_LOOP_GUARD]) if KEY_LOOP_GUARD in ours else 0
+    loop_penalty = _loop_penalty(ours[KEY_LOOP_PENALTY]) if KEY_LOOP_PENALTY in ours else 0.0
+    if loop_penalty and not loop_guard:
+        raise RequestError(f"{KEY_LOOP_PENALTY} needs {KEY_LOOP_GUARD} (the n-gram size that defines a repeat)")
     return StyleRequest(
         style=style,
         strength=_strength(ours[KEY_STRENGTH]) if KEY_STRENGTH in ours else DEFAULT_STRENGTH,
         mode=_choice(KEY_MODE, ours[KEY_MODE], modes, "style mode") if KEY_MODE in ours else _default_mode(modes),
         adaptive=_switch(ours[KEY_ADAPTIVE]) if KEY_ADAPTIVE in ours else False,
-        loop_guard=_loop_guard(ours[KEY_LOOP_GUARD]) if KEY_LOOP_GUARD in ours else 0,
+        loop_guard=loop_guard,
+        loop_penalty=loop_penalty,
     )
 
 

@@ -5,7 +5,8 @@ Triton kernel on CUDA, the torch reference elsewhere or as a fallback), and the 
 around the op:
 - adaptive strength: lambda_r *= H(softmax(z_r)) / log V, computed from the logits before the edit;
 - loop guard: tokens that would repeat an n-gram of the row's own recent output get their
-  unsteered logit back after the edit (captured before, restored bit for bit after).
+  unsteered logit back after the edit (captured before, restored bit for bit after), or, with a
+  loop penalty, that logit minus the row's penalty (strength x penalty nats).
 Adapters call it only when at least one row of the batch is steered; rows with variant -1 (or
 strength 0) are never written.
 """
@@ -72,11 +73,13 @@ class SteeringCore:
 
     def apply(self, logits: torch.Tensor, variant: torch.Tensor, strength: torch.Tensor, context: torch.Tensor,
               adaptive: torch.Tensor | None = None, guard: torch.Tensor | None = None,
-              guard_sizes: Sequence[int] = (), history: torch.Tensor | None = None) -> torch.Tensor:
+              guard_sizes: Sequence[int] = (), history: torch.Tensor | None = None,
+              guard_penalty: torch.Tensor | None = None) -> torch.Tensor:
         """In place on logits [R, V]. variant [R] int64 (-1 = unsteered); strength [R] float32;
         context [R, max_order-1] int64 right-aligned, -1 padded; adaptive [R] bool or None;
         guard [R] int (0 = off) and guard_sizes (the distinct nonzero values, known on the host);
-        history [R, H] int64: recent generated tokens, right-aligned, -1 padded (guard only)."""
+        history [R, H] int64: recent generated tokens, right-aligned, -1 padded (guard only);
+        guard_penalty [R] float32 nats below the unsteered logit for guarded tokens, or None (0)."""
         def edit(row_scale):
             if self.backend == "triton":
                 self.op.apply(logits, variant, strength, context, row_scale=row_scale)
@@ -84,27 +87,30 @@ class SteeringCore:
                 s = strength if row_scale is None else strength * row_scale
                 self.op.apply(logits, variant.long(), s, context)
 
-        return self._steer(logits, edit, adaptive, guard, guard_sizes, history)
+        return self._steer(logits, edit, adaptive, guard, guard_sizes, history, guard_penalty)
 
     # ---- history form: context read from the device token history (V2 adapter) -----------------
 
     def apply_from_history(self, logits: torch.Tensor, row_slot: torch.Tensor, row_last_pos: torch.Tensor,
                            all_token_ids: torch.Tensor, slot_variant: torch.Tensor, slot_strength: torch.Tensor,
                            slot_adaptive: torch.Tensor | None = None, slot_guard: torch.Tensor | None = None,
-                           guard_sizes: Sequence[int] = (), prompt_len: torch.Tensor | None = None) -> torch.Tensor:
+                           guard_sizes: Sequence[int] = (), prompt_len: torch.Tensor | None = None,
+                           slot_guard_penalty: torch.Tensor | None = None) -> torch.Tensor:
         """In place on logits [R, V], no host sync. row_slot [R] (row -> request slot);
         row_last_pos [R]: index in all_token_ids [S, L] of each row's NEWEST known token;
         slot_variant [S] int32 (-1 unsteered); slot_strength [S] float32; slot_adaptive [S] bool;
         slot_guard [S] int32 (0 = off) with guard_sizes its distinct nonzero values in this batch;
-        prompt_len [S]: where each slot's generated tokens start (the loop guard's window)."""
+        prompt_len [S]: where each slot's generated tokens start (the loop guard's window);
+        slot_guard_penalty [S] float32 nats (strength x loop penalty) or None."""
         # The kernel reads int32 or int64 as given; only the torch gathers below want int64, and
         # converting lazily keeps the Triton path free of extra launches and fresh pointers.
         if slot_adaptive is not None or guard_sizes or self.backend != "triton":
             slot64, pos64 = row_slot.long(), row_last_pos.long()  # [R]; no-ops when already int64
         adaptive = slot_adaptive[slot64] if slot_adaptive is not None else None  # [R]
-        guard = history = None
+        guard = history = penalty = None
         if guard_sizes:
             guard = slot_guard[slot64]  # [R]
+            penalty = slot_guard_penalty[slot64] if slot_guard_penalty is not None else None  # [R]
             start = prompt_len[slot64].long()  # [R] first generated position
             history = _window(all_token_ids, slot64, pos64, LOOP_GUARD_WINDOW, start)
 
@@ -119,12 +125,12 @@ class SteeringCore:
                 context = _window(all_token_ids, slot64, pos64, self.context_len, None)
                 self.op.apply(logits, variant, s, context)
 
-        return self._steer(logits, edit, adaptive, guard, guard_sizes, history)
+        return self._steer(logits, edit, adaptive, guard, guard_sizes, history, penalty)
 
     # ---- shared: adaptive strength and loop guard around one edit ------------------------------
 
     @staticmethod
-    def _steer(logits, edit: Callable, adaptive, guard, guard_sizes, history):
+    def _steer(logits, edit: Callable, adaptive, guard, guard_sizes, history, penalty=None):
         row_scale = None
         if adaptive is not None:
             scale = adaptive_scale(logits)  # [R] float32, from the logits before our edit
@@ -136,6 +142,8 @@ class SteeringCore:
             saved.append((banned, capture_banned(logits, banned)))
         edit(row_scale)
         for banned, before in saved:  # groups hold disjoint rows, so the order does not matter
+            if penalty is not None:  # [R] nats; 0 leaves the restored value bit for bit
+                before = before - penalty.to(before.dtype)[:, None]
             restore_banned(logits, banned, before)
         return logits
 

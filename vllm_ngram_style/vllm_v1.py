@@ -98,6 +98,9 @@ class NgramStyleLogitsProcessor(LogitsProcessor):
                 full([r.req.adaptive for r in rows], False, torch.bool) if any(r.req.adaptive for r in rows) else None,
                 full([r.req.loop_guard for r in rows], 0, torch.int32) if sizes else None,  # [B]
                 sizes,
+                # [B] nats below the unsteered logit for guarded tokens; None when no row asks
+                full([r.req.strength * r.req.loop_penalty for r in rows], 0.0, torch.float32)
+                if any(r.req.loop_penalty for r in rows) else None,
             )
         return self._cached
 
@@ -105,7 +108,7 @@ class NgramStyleLogitsProcessor(LogitsProcessor):
         if not self.rows:
             return logits  # zero cost when nothing is steered
         batch = logits.shape[0]
-        _, rows, index, variant, strength, adaptive, guard, sizes = self._row_tensors(batch)
+        _, rows, index, variant, strength, adaptive, guard, sizes, penalty = self._row_tensors(batch)
         n = self.core.context_len
         # Read the history now: the live lists are complete (placeholders patched) only here.
         context = torch.full((batch, n), -1, dtype=torch.int64)  # [B, max_order-1]
@@ -117,4 +120,5 @@ class NgramStyleLogitsProcessor(LogitsProcessor):
             history[index] = torch.tensor([[-1] * (w - len(r.output[-w:])) + list(r.output[-w:]) for r in rows],
                                           dtype=torch.int64)
             history = history.to(self.device)
-        return self.core.apply(logits, variant, strength, context.to(self.device), adaptive, guard, sizes, history)
+        return self.core.apply(logits, variant, strength, context.to(self.device), adaptive, guard, sizes, history,
+                               penalty)

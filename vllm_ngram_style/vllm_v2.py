@@ -41,13 +41,14 @@ class NgramStyleLogitsProcessorV2(_V2LogitsProcessor):
         # adaptive (0/1), loop-guard size (0 = off).
         self._ints = np.zeros((3, s), dtype=np.int32)  # [3, S]
         self._ints[0] = -1
-        self._strength = np.zeros(s, dtype=np.float32)  # [S]
+        # Rows of _floats: strength, loop penalty in nats (strength x style_loop_penalty).
+        self._floats = np.zeros((2, s), dtype=np.float32)  # [2, S]
         pin = self.device.type == "cuda" and torch.cuda.is_available()
         self._stage_i = [torch.zeros((3, s), dtype=torch.int32, pin_memory=pin) for _ in range(_RING)]  # [3, S]
-        self._stage_f = [torch.zeros(s, dtype=torch.float32, pin_memory=pin) for _ in range(_RING)]  # [S]
+        self._stage_f = [torch.zeros((2, s), dtype=torch.float32, pin_memory=pin) for _ in range(_RING)]  # [2, S]
         self._ring = 0
         self._dev_i = torch.from_numpy(self._ints.copy()).to(self.device)  # [3, S] device copy
-        self._dev_f = torch.zeros(s, dtype=torch.float32, device=self.device)  # [S] device copy
+        self._dev_f = torch.zeros((2, s), dtype=torch.float32, device=self.device)  # [2, S] device copy
         self._dirty = False
 
     @classmethod
@@ -61,10 +62,10 @@ class NgramStyleLogitsProcessorV2(_V2LogitsProcessor):
         # Slots are recycled: overwrite every field, steered or not.
         if req is None:
             self._ints[:, req_idx] = (-1, 0, 0)
-            self._strength[req_idx] = 0.0
+            self._floats[:, req_idx] = 0.0
         else:
             self._ints[:, req_idx] = (self.core.variant_id(req.style, req.mode), int(req.adaptive), req.loop_guard)
-            self._strength[req_idx] = req.strength
+            self._floats[:, req_idx] = (req.strength, req.strength * req.loop_penalty)
         self._dirty = True
         return req is not None
 
@@ -74,7 +75,7 @@ class NgramStyleLogitsProcessorV2(_V2LogitsProcessor):
         self._ring = (self._ring + 1) % _RING
         si, sf = self._stage_i[self._ring], self._stage_f[self._ring]
         si.numpy()[:] = self._ints  # host-to-host; the async copy below reads this buffer later
-        sf.numpy()[:] = self._strength
+        sf.numpy()[:] = self._floats
         self._dev_i.copy_(si, non_blocking=True)
         self._dev_f.copy_(sf, non_blocking=True)
         self._dirty = False
@@ -87,11 +88,13 @@ class NgramStyleLogitsProcessorV2(_V2LogitsProcessor):
             return logits  # zero cost when no row of this batch is steered
         adaptive = bool(self._ints[1, slots][steered].any())
         sizes = sorted(int(g) for g in set(self._ints[2, slots][steered].tolist()) if g)
+        penalty = bool(sizes) and bool(self._floats[1, slots][steered].any())
         rs = self.req_states
         self.core.apply_from_history(
             logits, ctx.expanded_idx_mapping, ctx.pos, rs.all_token_ids.gpu,
-            self._dev_i[0], self._dev_f,
+            self._dev_i[0], self._dev_f[0],
             slot_adaptive=self._dev_i[1] if adaptive else None,
             slot_guard=self._dev_i[2] if sizes else None, guard_sizes=sizes,
-            prompt_len=rs.prompt_len.gpu if sizes else None)  # .gpu is re-bound by vLLM: read it each step
+            prompt_len=rs.prompt_len.gpu if sizes else None,
+            slot_guard_penalty=self._dev_f[1] if penalty else None)  # .gpu is re-bound by vLLM: read it each step
         return logits

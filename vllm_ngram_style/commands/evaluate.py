@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (greedy ignores it)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of prompt i is seed + i")
     p.add_argument("--loop-guard", type=int, default=DEFAULT_GUARD, help="n-gram size of the best mode's loop guard")
+    p.add_argument("--loop-penalty", type=float, default=0.0,
+                   help="best mode's loop penalty: a guarded token goes strength x this many nats below its "
+                        "unsteered logit (default 0: the guard only withholds the boost)")
     p.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"],
                    help="auto: vLLM with the plugin when installed, else the transformers loop")
     p.add_argument("--js-prompts", type=int,
@@ -145,6 +148,8 @@ def run(args) -> int:
     prompts = load_prompts(args.prompts, args.num_prompts, args.per_category)
     if args.max_tokens < 1:
         raise ConfigError("--max-tokens must be at least 1")
+    if not 0 <= args.loop_penalty <= 20:
+        raise ConfigError("--loop-penalty must lie in [0, 20]")
     if any(not (0 <= x <= 5) for x in args.lambdas):
         raise ConfigError("--lambdas must lie in [0, 5]")
     lambdas = tuple(sorted(set([0.0] + list(args.lambdas))))
@@ -162,7 +167,7 @@ def run(args) -> int:
                             else lambdas,
                             decodings=tuple(dict.fromkeys(args.decodings)), max_tokens=args.max_tokens,
                             top_p=args.top_p, temperature=args.temperature, seed=args.seed,
-                            loop_guard=args.loop_guard, js_prompts=args.js_prompts,
+                            loop_guard=args.loop_guard, loop_penalty=args.loop_penalty, js_prompts=args.js_prompts,
                             js_decodings=tuple(args.js_decodings or args.decodings),
                             sample_families=tuple(args.sample_families) if args.sample_families else None,
                             family_lambdas=family_lambdas)

@@ -168,7 +168,7 @@ def markdown(result: dict, rows: list, goals: list, table_lambdas=(0.1, 0.2, 0.3
              f"- prompts: {len(meta['prompts'])}, max new tokens: {s['max_tokens']}, decodings: "
              f"{', '.join(s['decodings'])} (sampling: top-p {s['top_p']}, T {s['temperature']}, seed {s['seed']} + prompt index)",
              f"- lambdas: {', '.join(f'{x:g}' for x in s['lambdas'])}; best = exact + adaptive + loop guard "
-             f"{s['loop_guard']}",
+             f"{s['loop_guard']}" + (f" with loop penalty {s['loop_penalty']:g}" if s.get("loop_penalty") else ""),
              f"- base ppl: {meta['base_ppl_source']}; JS: {meta['js_source']}",
              "- cells: per-prompt median (mean in the CSV/JSON)", ""]
     for t in meta.get("timings", []):

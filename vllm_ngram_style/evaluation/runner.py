@@ -33,14 +33,15 @@ DEFAULT_GUARD = 4
 DECODINGS = ("greedy", "sample")
 
 
-def family_steer(family: str, style: str, strength: float, guard: int) -> Steer | None:
+def family_steer(family: str, style: str, strength: float, guard: int, penalty: float = 0.0) -> Steer | None:
     """The Steer of a family at one strength; None for unsteered families."""
     if family in ("unsteered", "prompt") or strength == 0:
         return None
     base = family[len("prompt+"):] if family.startswith("prompt+") else family
     kw = {"paper": dict(mode="paper"), "exact": dict(mode="exact"),
           "exact+adaptive": dict(mode="exact", adaptive=True),
-          "best": dict(mode="exact", adaptive=True, loop_guard=guard), "kn": dict(mode="kn")}
+          "best": dict(mode="exact", adaptive=True, loop_guard=guard, loop_penalty=penalty if guard else 0.0),
+          "kn": dict(mode="kn")}
     if base not in kw:
         raise ConfigError(f"unknown configuration family {family!r}; choose from {', '.join(kw)}")
     return Steer(style=style, strength=float(strength), **kw[base])
@@ -78,6 +79,7 @@ class EvalSettings:
     temperature: float = 1.0
     seed: int = 0
     loop_guard: int = DEFAULT_GUARD
+    loop_penalty: float = 0.0  # best mode's loop penalty (style_loop_penalty); 0 = the guard only withholds
     js_prompts: int | None = None  # vLLM backend: JS divergence for the first n prompts (None = all)
     js_decodings: tuple = DECODINGS  # vLLM backend: ... and only for these decodings
     sample_families: tuple | None = None  # families also run with sampling (None = all); greedy runs all
@@ -163,7 +165,8 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
         scorer = PackScorer(packs[corpus.name])
         jobs, reqs = [], []
         for cfg in configs:
-            steer = family_steer(cfg.family, corpus.name, cfg.strength, settings.loop_guard) or Steer()
+            steer = family_steer(cfg.family, corpus.name, cfg.strength, settings.loop_guard,
+                                 settings.loop_penalty) or Steer()
             for pi, prompt in enumerate(prompts):
                 ids = instructed_ids[corpus.name][pi] if cfg.instructed else plain_ids[pi]
                 for dec in settings.decodings:

@@ -35,6 +35,7 @@ class Steer:
     mode: str = "exact"
     adaptive: bool = False
     loop_guard: int = 0
+    loop_penalty: float = 0.0  # nats per unit of strength below unsteered, for guarded tokens
 
     @property
     def active(self) -> bool:
@@ -44,8 +45,11 @@ class Steer:
         """The request's vLLM SamplingParams.extra_args."""
         if not self.active:
             return {}
-        return {"style": self.style, "style_strength": float(self.strength), "style_mode": self.mode,
-                "style_adaptive": int(self.adaptive), "style_loop_guard": int(self.loop_guard)}
+        extra = {"style": self.style, "style_strength": float(self.strength), "style_mode": self.mode,
+                 "style_adaptive": int(self.adaptive), "style_loop_guard": int(self.loop_guard)}
+        if self.loop_penalty:
+            extra["style_loop_penalty"] = float(self.loop_penalty)
+        return extra
 
 
 class RowSteerer:
@@ -82,6 +86,8 @@ class RowSteerer:
         strength = torch.tensor([s.strength if s.active else 0.0 for s in steers], dtype=torch.float32)  # [R]
         if not bool((variant >= 0).any()):
             return logits
+        # [R] nats, from the request's own strength (not the adaptive one), as the plugin does
+        penalty = torch.tensor([s.strength * s.loop_penalty if s.active else 0.0 for s in steers], dtype=torch.float32)
         if any(s.adaptive and s.active for s in steers):
             adaptive = torch.tensor([s.adaptive for s in steers], dtype=torch.bool)  # [R]
             strength = torch.where(adaptive, strength * adaptive_scale(logits), strength)
@@ -94,7 +100,7 @@ class RowSteerer:
             saved.append((banned, capture_banned(logits, banned)))
         self.op.apply(logits, variant, strength, ctx)
         for banned, before in saved:
-            restore_banned(logits, banned, before)
+            restore_banned(logits, banned, before - penalty.to(before.dtype)[:, None])
         return logits
 
     def along_sequence(self, logits: torch.Tensor, steer: Steer, prompt: list, generated: list) -> torch.Tensor:
