@@ -91,14 +91,17 @@ def test_generate_end_to_end(tiny_model_dir, packs):
                VLLM_NO_USAGE_STATS="1")
     cmd = [sys.executable, "-m", "vllm_ngram_style.cli", "generate", "--model", tiny_model_dir,
            "--style", f"alpha={packs['alpha']}", "--style", f"beta={packs['beta']}", "--strength", "1.5",
-           "--adaptive", "--loop-guard", "3", "--prompt", "The knight said", "--prompt", "Market price",
-           "--max-tokens", "12", "--width", "150"]
+           "--adaptive", "--loop-guard", "3", "--loop-penalty", "2", "--prompt", "The knight said", "--prompt", "Market price",
+           "--max-tokens", "12", "--width", "200"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert out.count("The knight said") == 1 and out.count("Market price") == 1
-    assert "unsteered" in out and "alpha (λ=1.5, exact, adaptive, loop guard 3)" in out and "beta (λ=1.5" in out
+    assert "unsteered" in out and "alpha (λ=1.5, exact, adaptive, loop guard 3, penalty 2)" in out and "beta (λ=1.5" in out
     assert "tokens in" in proc.stderr
     bad = subprocess.run(cmd[:6] + ["--style", f"alpha={packs['alpha']}", "--strength", "7"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "style_strength must be between 0 and 5, got 7" in bad.stderr
+    bad = subprocess.run(cmd[:6] + ["--style", f"alpha={packs['alpha']}", "--loop-penalty", "2"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "style_loop_penalty needs style_loop_guard" in bad.stderr

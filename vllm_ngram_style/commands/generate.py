@@ -32,6 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--adaptive", action="store_true", help="scale lambda by the model's entropy at each step")
     p.add_argument("--loop-guard", type=int, default=0, metavar="N",
                    help="no boost for a token that would repeat an N-gram of the output (2..8; 0 = off)")
+    p.add_argument("--loop-penalty", type=float, default=0.0, metavar="NATS",
+                   help="with --loop-guard: push such a token strength x NATS below its unsteered logit (0..20)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; default: 4 built-in ones)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -51,6 +53,8 @@ def _request_extra(args, name: str) -> dict:
         extra["style_adaptive"] = 1
     if args.loop_guard:
         extra["style_loop_guard"] = args.loop_guard
+    if args.loop_penalty:
+        extra["style_loop_penalty"] = args.loop_penalty
     return extra
 
 
@@ -59,7 +63,7 @@ def _label(args, name: str) -> str:
     if args.adaptive:
         bits.append("adaptive")
     if args.loop_guard:
-        bits.append(f"loop guard {args.loop_guard}")
+        bits.append(f"loop guard {args.loop_guard}" + (f", penalty {args.loop_penalty:g}" if args.loop_penalty else ""))
     return f"{name} ({', '.join(bits)})"
 
 
