@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Two small follow-ups to benchmarks/eval_smollm2_full.sh (same model, prompts, 256 tokens; run it
+# Small follow-ups to benchmarks/eval_smollm2_full.sh (same model, prompts, 256 tokens; run it
 # first, it trains the packs): best mode at stronger strengths on news headlines, and best mode
-# with a 3-gram loop guard on Don Quixote (greedy). About 20 minutes on 2 CPU cores.
+# with a 3-gram loop guard on Don Quixote (greedy), and with a loop penalty. About 45 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
@@ -13,3 +13,10 @@ vllm-ngram-style eval --model smollm2 --pack "$PACKS/news_headlines_2017.stylepa
 vllm-ngram-style eval --model smollm2 --pack "$PACKS/cervantes_don_quixote.stylepack" \
   --out benchmarks/results/eval_smollm2_full_guard3 --max-tokens 256 --lambdas 0 0.3 0.5 0.7 1.0 \
   --families best --prompt-lambdas --decodings greedy --js-prompts 0 --loop-guard 3 --quiet
+# Best mode with an active loop penalty (style_loop_penalty 3 and 10), greedy, Don Quixote and Brown.
+for rho in 3 10; do
+  vllm-ngram-style eval --model smollm2 --pack "$PACKS/cervantes_don_quixote.stylepack" \
+    --pack "$PACKS/brown_learned.stylepack" --out "benchmarks/results/eval_smollm2_full_penalty$rho" \
+    --max-tokens 256 --lambdas 0 0.3 0.5 0.7 1.0 --families best --prompt-lambdas --decodings greedy \
+    --js-prompts 0 --loop-penalty "$rho" --quiet
+done
