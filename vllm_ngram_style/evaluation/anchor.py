@@ -32,12 +32,12 @@ def corpus_passages(tok, path: str, split: str, n_tokens: int, count: int) -> li
     out = []
     for i in range(count):
         start = int((i + 0.5) * len(docs) / count)
-        text, j = "", start
-        # ~4 characters per token is plenty of margin for English with a BPE tokenizer
-        while j < len(docs) and len(text) < 8 * n_tokens:
-            text += (sep if text else "") + docs[j]
+        passage, j = "", start
+        # ~4 characters per token in English BPE: 8 per token leaves a wide margin
+        while j < len(docs) and len(passage) < 8 * n_tokens:
+            passage += (sep if passage else "") + docs[j]
             j += 1
-        ids = list(tok(text, add_special_tokens=False).input_ids)[:n_tokens]
+        ids = list(tok(passage, add_special_tokens=False).input_ids)[:n_tokens]
         if ids:
             out.append(ids)
     return out
