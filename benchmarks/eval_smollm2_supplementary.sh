@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Small follow-ups to benchmarks/eval_smollm2_full.sh (same model, prompts, 256 tokens; run it
-# first, it trains the packs): best mode at stronger strengths on news headlines, and best mode
-# with a 3-gram loop guard on Don Quixote (greedy), and with a loop penalty. About 45 minutes on 2 CPU cores.
+# first, it trains the packs): best mode at stronger strengths on news headlines, with a 3-gram
+# loop guard on Don Quixote (greedy), and with a loop penalty (greedy, then sampling).
+# About 70 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
@@ -20,3 +21,9 @@ for rho in 3 10; do
     --max-tokens 256 --lambdas 0 0.3 0.5 0.7 1.0 --families best --prompt-lambdas --decodings greedy \
     --js-prompts 0 --loop-penalty "$rho" --quiet
 done
+# Best mode with loop penalty 3 under sampling, all three corpora, λ up to 2.5.
+vllm-ngram-style eval --model smollm2 --pack "$PACKS/cervantes_don_quixote.stylepack" \
+  --pack "$PACKS/news_headlines_2017.stylepack" --pack "$PACKS/brown_learned.stylepack" \
+  --out benchmarks/results/eval_smollm2_full_penalty3_sample --max-tokens 256 \
+  --lambdas 0 0.3 0.5 0.7 1.0 1.5 2.0 2.5 --families best --prompt-lambdas --decodings sample \
+  --js-prompts 0 --loop-penalty 3 --quiet
