@@ -56,6 +56,12 @@ class StyleRequest:
     loop_guard: int = 0  # 0 = off, else the n-gram size
     loop_penalty: float = 0.0  # nats per unit of strength below the unsteered logit, for guarded tokens
 
+    @property
+    def guard_penalty_nats(self) -> float:
+        """How far below its unsteered logit a guarded token goes: the raw strength (not the
+        adaptive one, so the penalty also acts where the model is confident) x loop_penalty."""
+        return self.strength * self.loop_penalty
+
 
 def _is_number(value: Any) -> bool:
     # bool is an int subclass; a strength of True is a client bug, not 1.0.

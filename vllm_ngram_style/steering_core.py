@@ -141,10 +141,10 @@ class SteeringCore:
             banned = guard_banned_tokens(torch.where(own, history, torch.full_like(history, -1)), int(g))
             saved.append((banned, capture_banned(logits, banned)))
         edit(row_scale)
+        drop = penalty.to(logits.dtype)[:, None] if penalty is not None and saved else None  # [R, 1] nats
         for banned, before in saved:  # groups hold disjoint rows, so the order does not matter
-            if penalty is not None:  # [R] nats; 0 leaves the restored value bit for bit
-                before = before - penalty.to(before.dtype)[:, None]
-            restore_banned(logits, banned, before)
+            # a penalty of 0 leaves the restored value bit for bit
+            restore_banned(logits, banned, before if drop is None else before - drop)
         return logits
 
 

@@ -99,7 +99,7 @@ class NgramStyleLogitsProcessor(LogitsProcessor):
                 full([r.req.loop_guard for r in rows], 0, torch.int32) if sizes else None,  # [B]
                 sizes,
                 # [B] nats below the unsteered logit for guarded tokens; None when no row asks
-                full([r.req.strength * r.req.loop_penalty for r in rows], 0.0, torch.float32)
+                full([r.req.guard_penalty_nats for r in rows], 0.0, torch.float32)
                 if any(r.req.loop_penalty for r in rows) else None,
             )
         return self._cached

@@ -65,7 +65,7 @@ class NgramStyleLogitsProcessorV2(_V2LogitsProcessor):
             self._floats[:, req_idx] = 0.0
         else:
             self._ints[:, req_idx] = (self.core.variant_id(req.style, req.mode), int(req.adaptive), req.loop_guard)
-            self._floats[:, req_idx] = (req.strength, req.strength * req.loop_penalty)
+            self._floats[:, req_idx] = (req.strength, req.guard_penalty_nats)
         self._dirty = True
         return req is not None
 

@@ -110,6 +110,7 @@ def run(args) -> int:
     from ..evaluation.report import write_report
     from ..evaluation.runner import CorpusSpec, EvalSettings, run_evaluation
     from ..models import resolve_model
+    from ..request_args import MAX_LOOP_PENALTY
 
     corpus_texts = parse_corpus_texts(args.corpus_text)
     if args.report_only:
@@ -148,8 +149,8 @@ def run(args) -> int:
     prompts = load_prompts(args.prompts, args.num_prompts, args.per_category)
     if args.max_tokens < 1:
         raise ConfigError("--max-tokens must be at least 1")
-    if not 0 <= args.loop_penalty <= 20:
-        raise ConfigError("--loop-penalty must lie in [0, 20]")
+    if not 0 <= args.loop_penalty <= MAX_LOOP_PENALTY:
+        raise ConfigError(f"--loop-penalty must lie in [0, {MAX_LOOP_PENALTY:g}]")
     if any(not (0 <= x <= 5) for x in args.lambdas):
         raise ConfigError("--lambdas must lie in [0, 5]")
     lambdas = tuple(sorted(set([0.0] + list(args.lambdas))))
