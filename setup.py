@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vllm_ngram_style", "vllm_ngram_style.*"]) + ["vllm_ngram_style.kernels"],
     package_dir={"vllm_ngram_style.kernels": "kernels"},
-    package_data={"vllm_ngram_style": ["data/*.txt", "data/*.json"]},
+    package_data={"vllm_ngram_style": ["data/*.txt", "data/*.json", "data/*.txt.gz"]},
     install_requires=[
         "numpy>=1.26",
         "safetensors>=0.4",

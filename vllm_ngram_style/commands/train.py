@@ -6,7 +6,7 @@ import os
 
 def add_arguments(p) -> None:
     p.add_argument("--tokenizer", required=True, help="local model folder whose tokenizer the server uses")
-    p.add_argument("--corpus", nargs="+", required=True, help="UTF-8 text file(s)")
+    p.add_argument("--corpus", nargs="+", required=True, help="UTF-8 text file(s), gzip'd ones too (.gz), or don_quixote (shipped with the package)")
     p.add_argument("--out", required=True, help="output path, e.g. quixote.stylepack")
     p.add_argument("--orders", type=int, default=3, help="highest n-gram order, 1..6 (default 3)")
     p.add_argument("--top-k", type=int, default=512, help="continuations kept per context (default 512)")
