@@ -57,7 +57,7 @@ bootstrap()
 
 from vllm_ngram_style import benchmarking as bm  # noqa: E402
 from vllm_ngram_style.kernels.synthetic import chain_weights, sample_contexts, synth_style  # noqa: E402
-from vllm_ngram_style.reference_op import ReferenceSteering  # noqa: E402
+from vllm_ngram_style.kernels.reference import ReferenceSteering  # noqa: E402
 from vllm_ngram_style.server_config import StyleConfig  # noqa: E402
 from vllm_ngram_style.steering_core import SteeringCore  # noqa: E402
 

@@ -47,7 +47,7 @@ import triton.language as tl  # noqa: E402
 
 from vllm_ngram_style.kernels.launcher import TritonSteering  # noqa: E402
 from vllm_ngram_style.kernels.synthetic import chain_weights, sample_contexts, synth_style  # noqa: E402
-from vllm_ngram_style.reference_op import ReferenceSteering  # noqa: E402
+from vllm_ngram_style.kernels.reference import ReferenceSteering  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------

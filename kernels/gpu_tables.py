@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vllm_ngram_style.errors import StylePackError
-from vllm_ngram_style.modes import CompiledStyle
+from vllm_ngram_style.contract import CompiledStyle
 
 # Golden-ratio and splitmix64 multipliers as signed int64 (wrapping arithmetic).
 MULT_A = -7046029254386353131  # 0x9E3779B97F4A7C15

@@ -24,7 +24,8 @@ from collections import OrderedDict
 
 import torch
 
-from vllm_ngram_style.modes import CompiledStyle
+from vllm_ngram_style.adaptive import adaptive_scale
+from vllm_ngram_style.contract import CompiledStyle
 
 from . import steer_kernel as sk
 from .gpu_tables import DEFAULT_LOAD_FACTOR, DEFAULT_PROBE, GpuTables, build_tables
@@ -54,6 +55,8 @@ class TritonSteering:
 
     variants: list of CompiledStyle; a row's variant id is its index here (-1: unsteered).
     """
+
+    backend = "triton"
 
     def __init__(self, variants: list[CompiledStyle], device, *, block: int = 256, num_warps: int = 4,
                  probe: int = DEFAULT_PROBE, load_factor: float = DEFAULT_LOAD_FACTOR, launch: str = "fast",
@@ -86,6 +89,15 @@ class TritonSteering:
 
             self._get_stream = driver.active.get_current_stream
             self._device_index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    @property
+    def context_len(self) -> int:
+        return self.max_order - 1
+
+    @staticmethod
+    def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+        """[R, V] logits -> [R] float32 H(softmax(z_r)) / log V (adaptive.py's formula)."""
+        return adaptive_scale(logits)
 
     # -- sizes -------------------------------------------------------------------------------------
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vllm_ngram_style.modes import CompiledOrder, CompiledStyle
+from vllm_ngram_style.contract import CompiledOrder, CompiledStyle
 
 DON_QUIXOTE = dict(contexts=(1, 16_400, 166_000), entries=(512, 152_000, 377_000))
 WEIGHTS = (0.1, 0.3, 0.6)

@@ -9,8 +9,8 @@ from vllm_ngram_style.adaptive import adaptive_scale
 from vllm_ngram_style.loop_guard import capture_banned, guard_banned_tokens, restore_banned
 from vllm_ngram_style.modes import compile_style
 from vllm_ngram_style.pack import StylePack, default_weights, load_pack, save_pack
-from vllm_ngram_style.reference_op import ReferenceSteering
-from vllm_ngram_style.steering_core import LOOP_GUARD_WINDOW
+from vllm_ngram_style.kernels.reference import ReferenceSteering
+from vllm_ngram_style.loop_guard import LOOP_GUARD_WINDOW
 from vllm_ngram_style.train import count_token_documents, train_pack
 
 MODES = ("exact", "paper")

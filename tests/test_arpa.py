@@ -13,7 +13,7 @@ from vllm_ngram_style.errors import StylePackError
 from vllm_ngram_style.kneser_ney import estimate_kneser_ney
 from vllm_ngram_style.modes import compile_style
 from vllm_ngram_style.pack import load_pack, save_pack
-from vllm_ngram_style.reference_op import ReferenceSteering
+from vllm_ngram_style.kernels.reference import ReferenceSteering
 from vllm_ngram_style.train import count_full
 
 # Not normalised on purpose: the backoff recursion is defined all the same. <s> contexts, a </s>

@@ -230,7 +230,7 @@ def test_loop_guard_window_matches_plugin():
 
     if importlib.util.find_spec("vllm_ngram_style.steering_core") is None:
         pytest.skip("steering_core not present")
-    from vllm_ngram_style.steering_core import LOOP_GUARD_WINDOW as plugin_window
+    from vllm_ngram_style.loop_guard import LOOP_GUARD_WINDOW as plugin_window
 
     assert plugin_window == LOOP_GUARD_WINDOW
 

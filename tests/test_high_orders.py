@@ -11,7 +11,7 @@ from vllm_ngram_style.counting import bits_per_token
 from vllm_ngram_style.kneser_ney import estimate_kneser_ney
 from vllm_ngram_style.modes import compile_style
 from vllm_ngram_style.pack import StylePack, default_weights, load_pack, save_pack
-from vllm_ngram_style.reference_op import ReferenceSteering
+from vllm_ngram_style.kernels.reference import ReferenceSteering
 from vllm_ngram_style.train import count_full, count_token_documents
 
 K = 1e-3

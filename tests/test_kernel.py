@@ -29,8 +29,9 @@ from vllm_ngram_style.kernels import gpu_tables as gt
 from vllm_ngram_style.kernels import steer_kernel as sk
 from vllm_ngram_style.kernels.launcher import TritonSteering
 from vllm_ngram_style.kernels.synthetic import DON_QUIXOTE, synth_style
-from vllm_ngram_style.modes import CompiledOrder, CompiledStyle, compile_style
-from vllm_ngram_style.reference_op import ReferenceSteering
+from vllm_ngram_style.contract import CompiledOrder, CompiledStyle
+from vllm_ngram_style.modes import compile_style
+from vllm_ngram_style.kernels.reference import ReferenceSteering
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(block=16, probe=4)  # small blocks: contexts span several entry blocks and probe blocks
@@ -332,7 +333,7 @@ import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from helpers import random_pack
 from vllm_ngram_style.modes import compile_style
-from vllm_ngram_style.reference_op import ReferenceSteering
+from vllm_ngram_style.kernels.reference import ReferenceSteering
 from vllm_ngram_style.kernels.launcher import TritonSteering
 pack, _ = random_pack(np.random.default_rng(7), 20, 3, top_k=4)
 variants = [compile_style(pack, "exact")]

@@ -13,7 +13,7 @@ from vllm_ngram_style.kneser_ney import (FALLBACK_DISCOUNTS, counts_from_tables,
                                          modified_kn_discounts)
 from vllm_ngram_style.modes import available_modes, compile_style
 from vllm_ngram_style.pack import StylePack, default_weights, load_pack, save_pack
-from vllm_ngram_style.reference_op import ReferenceSteering
+from vllm_ngram_style.kernels.reference import ReferenceSteering
 from vllm_ngram_style.train import count_full, count_token_documents
 
 

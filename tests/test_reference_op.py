@@ -5,7 +5,7 @@ import torch
 
 from helpers import NaiveModel, random_pack
 from vllm_ngram_style.modes import compile_style
-from vllm_ngram_style.reference_op import ReferenceSteering
+from vllm_ngram_style.kernels.reference import ReferenceSteering
 
 
 def random_histories(rng, docs, rows, max_order, vocab):
@@ -123,3 +123,77 @@ def test_empty_and_unmatched():
     z = torch.zeros(1, 30)
     steering.apply(z, torch.zeros(1, dtype=torch.int64), torch.ones(1), torch.tensor([[35, 35]]))  # ids no corpus holds
     assert (z > 0).sum() == 4  # top_k unigrams
+
+
+def _dense_exact(pack, naive, hist_row, width, vocab):
+    """[width] float64: sum_n w_n log P_n(t | c_n) for every token (the dense formula)."""
+    out = np.zeros(width)
+    for n in range(1, pack.orders + 1):
+        ctx = naive.matched(n, hist_row)
+        if ctx is None:
+            continue
+        total = sum(naive.full[(n, ctx)].values())
+        for t in range(width):
+            lp = naive.log_prob(n, ctx, t, 1e-3, vocab) if t < vocab else np.log(1e-3 / (total + 1e-3 * vocab))
+            out[t] += pack.weights[n - 1] * lp
+    return out
+
+
+def test_blend_columns_equal_the_sum_of_single_style_dense_edits():
+    """A row with K (variant, strength) columns gets sum_k strength_k D_k: checked against the dense
+    float64 formula of each style (softmax-equal), with -1 and 0-strength columns adding nothing."""
+    rng = np.random.default_rng(11)
+    vocab, width, rows, k = 60, 63, 16, 4
+    packs, models, all_docs = [], [], []
+    for i in range(3):
+        p, d = random_pack(rng, vocab, 3, 6, name=f"s{i}")
+        packs.append(p)
+        models.append(NaiveModel(d, 3, 6))
+        all_docs += d
+    steering = ReferenceSteering([compile_style(p, "exact") for p in packs])
+    hist = random_histories(rng, all_docs, rows, 3, vocab)
+    variant = torch.tensor(rng.integers(-1, 3, size=(rows, k)), dtype=torch.int64)  # [R, K]
+    strength = torch.tensor(rng.uniform(0, 1.5, size=(rows, k)), dtype=torch.float64)  # [R, K]
+    strength[::3, 1] = 0.0
+    variant[5] = -1  # a row with no active column
+    scale = torch.tensor(rng.uniform(0.2, 1, size=rows), dtype=torch.float64)  # [R] row_scale
+    z = torch.tensor(rng.normal(size=(rows, width)) * 2, dtype=torch.float64)
+    got = steering.apply(z.clone(), variant, strength, context_tensor(hist, 3), row_scale=scale)
+    assert torch.equal(got[5], z[5])
+    want = z.clone().numpy()
+    for r in range(rows):
+        for j in range(k):
+            v = int(variant[r, j])
+            if v >= 0 and strength[r, j] != 0:
+                want[r] += float(scale[r] * strength[r, j]) * _dense_exact(packs[v], models[v], hist[r], width, vocab)
+    torch.testing.assert_close(torch.softmax(got, -1), torch.softmax(torch.tensor(want), -1), atol=1e-9, rtol=0)
+
+
+def test_history_form_equals_row_form():
+    """apply_from_history reads each row's context from a token history [S, L] at its newest
+    position: the same edit as the row form with that context; bad slots and positions are missing."""
+    rng = np.random.default_rng(12)
+    pack, docs = random_pack(rng, 50, 3, 8)
+    steering = ReferenceSteering([compile_style(pack, "exact"), compile_style(pack, "paper")])
+    s, length, rows = 6, 12, 10
+    ids = torch.tensor(rng.integers(0, 50, size=(s, length)), dtype=torch.int32)  # [S, L]
+    row_slot = torch.tensor([0, 1, 2, 3, 4, 5, 0, 7, -1, 2], dtype=torch.int32)  # 7 and -1: no such slot
+    pos = torch.tensor([11, 0, 5, 1, 30, -1, 3, 4, 4, 1], dtype=torch.int64)  # 30: past L; -1: nothing known
+    slot_variant = torch.tensor([0, 1, 0, -1, 1, 0], dtype=torch.int32)
+    slot_strength = torch.tensor([0.5, 1.0, 0.3, 0.7, 0.2, 0.9], dtype=torch.float32)
+    z = torch.randn(rows, 50)
+    got = steering.apply_from_history(z.clone(), row_slot, pos, ids, slot_variant, slot_strength)
+    ctx = torch.full((rows, 2), -1, dtype=torch.int64)
+    variant = torch.full((rows,), -1, dtype=torch.int64)
+    strength = torch.zeros(rows)
+    for r in range(rows):
+        sl, p = int(row_slot[r]), int(pos[r])
+        if not 0 <= sl < s:
+            continue
+        variant[r], strength[r] = int(slot_variant[sl]), float(slot_strength[sl])
+        for age in range(2):
+            if 0 <= p - age < length:
+                ctx[r, 1 - age] = int(ids[sl, p - age])
+    want = steering.apply(z.clone(), variant, strength, ctx)
+    assert torch.equal(got, want)
+    assert torch.equal(got[[3, 7, 8]], z[[3, 7, 8]])

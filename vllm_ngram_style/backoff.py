@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .contract import CompiledOrder, CompiledStyle
 from .counting import MAX_ORDER, bits_per_token, check_sparse_order, pack_keys
 
 KINDS = ("kneser-ney", "arpa")
@@ -174,8 +175,6 @@ class BackoffModel:
 
     def compile(self, name: str, mode: str = "kn"):
         """The exact sparse form (module docstring): a CompiledStyle of per-order (token, delta) lists."""
-        from .modes import CompiledOrder, CompiledStyle
-
         compiled = []
         for o in self.orders:
             n = o.order

@@ -122,19 +122,19 @@ def import_v2_adapter():
 def core_override(core, cfg):
     """Make the adapters' build_core return a prepared (SteeringCore, StyleConfig): for machines
     with no packs or tokenizer (synthetic tables) and for sharing one core between adapters."""
-    from . import server_config, steering_core
+    from . import engine, server_config
 
-    saved = steering_core.build_core
+    saved = engine.build_core
 
     def build(vllm_config, device, backend=None):
         server_config.register_active(cfg)
         return core, cfg
 
-    steering_core.build_core = build
+    engine.build_core = build
     try:
         yield
     finally:
-        steering_core.build_core = saved
+        engine.build_core = saved
 
 
 def pack_from_compiled(style, vocab_size: int, smoothing_k: float = 1e-3, weights=(0.1, 0.3, 0.6)):

@@ -192,12 +192,3 @@ def kn_model(pack) -> BackoffModel:
 def compile_kn(pack, name: str):
     """Mode "kn": z' = z + lambda ln P(t | c) of the pack's backoff model, up to a per-row constant."""
     return kn_model(pack).compile(name, MODE)
-
-
-def _register() -> None:
-    from .modes import MODE_COMPILERS
-
-    MODE_COMPILERS[MODE] = compile_kn
-
-
-_register()

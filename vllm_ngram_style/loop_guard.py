@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import torch
 
+# The guard looks at this many of a row's most recent GENERATED tokens (the prompt is not part of
+# it): long enough to see a phrase loop of a few dozen tokens, short enough that the window op
+# stays cheap at batch 1024. The one definition: the adapters, the core and the evaluation read it.
+LOOP_GUARD_WINDOW = 64
+
 
 def guard_banned_tokens(history: torch.Tensor, g: int) -> torch.Tensor:
     """history [R, H] int64, right-aligned, -1 where absent -> [R, H-g+1] int64 banned tokens, -1 = none.

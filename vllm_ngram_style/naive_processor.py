@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from .modes import CompiledStyle, compile_style
+from .contract import CompiledStyle
+from .modes import compile_style
 from .server_config import validate_sampling_params
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from .request_args import StyleRequest
 from .server_config import validate_sampling_params
-from . import steering_core
-from .steering_core import LOOP_GUARD_WINDOW, parse_in_engine
+from . import engine
+from .engine import parse_in_engine
+from .loop_guard import LOOP_GUARD_WINDOW
 
 
 @dataclass
@@ -44,7 +45,7 @@ class NgramStyleLogitsProcessor(LogitsProcessor):
     """Batched n-gram style steering for vLLM's V1 sampler."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        self.core, self.cfg = steering_core.build_core(vllm_config, device)  # module lookup: benchmarks swap it
+        self.core, self.cfg = engine.build_core(vllm_config, device)  # module lookup: benchmarks swap it
         self.device = torch.device(device)
         self.rows: dict[int, _Row] = {}  # persistent-batch index -> steered request
         self._cached = None  # per-row tensors of the steered rows, rebuilt when the batch changes

@@ -30,7 +30,7 @@ class NgramStyleLogitsProcessorV2(_V2LogitsProcessor):
         import numpy as np
         import torch
 
-        from .steering_core import build_core
+        from .engine import build_core
 
         self._torch = torch
         self.req_states = req_states
@@ -56,7 +56,7 @@ class NgramStyleLogitsProcessorV2(_V2LogitsProcessor):
         validate_sampling_params(sampling_params)
 
     def add_request(self, req_idx: int, sampling_params) -> bool:
-        from .steering_core import parse_in_engine
+        from .engine import parse_in_engine
 
         req = parse_in_engine(sampling_params, self.cfg)
         # Slots are recycled: overwrite every field, steered or not.

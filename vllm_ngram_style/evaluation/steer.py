@@ -20,7 +20,7 @@ import torch
 from ..adaptive import adaptive_scale
 from ..loop_guard import capture_banned, guard_banned_tokens, restore_banned
 from ..modes import compile_style
-from ..reference_op import ReferenceSteering
+from ..kernels.reference import ReferenceSteering
 
 # Must equal vllm_ngram_style.steering_core.LOOP_GUARD_WINDOW (a test checks when that module exists).
 LOOP_GUARD_WINDOW = 64
