@@ -5,9 +5,10 @@
 
 Variants, all in the same run and interleaved round by round: (a) no logits processor, (b) the plugin
 loaded but no request steered, the plugin with 50% / 100% of requests steered over 1 or 4 styles, and
-(c) the naive per-request processor (vllm_ngram_style/naive_processor.py). Appends a section to
-benchmarks/RESULTS.md and draws benchmarks/results/throughput_cpu.png. The logic lives in
-vllm_ngram_style/benchmarking.py.
+(c) the naive per-request processor (vllm_ngram_style/naive_processor.py). This script is
+`vllm-ngram-style bench` with this checkout's paths as defaults: it appends a section to
+benchmarks/RESULTS.md, draws benchmarks/results/throughput_cpu.png and reads the corpora from
+../shared/corpora. The machinery lives in vllm_ngram_style/bench/.
 """
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ import argparse
 import os
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from vllm_ngram_style.benchmarking import add_e2e_arguments, run_cli
+    sys.path.insert(0, ROOT)
+    from vllm_ngram_style.commands import bench
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_e2e_arguments(ap)
-    sys.exit(run_cli(ap.parse_args()))
+    bench.add_arguments(ap)
+    ap.set_defaults(results=os.path.join(ROOT, "benchmarks", "RESULTS.md"),
+                    plot=os.path.join(ROOT, "benchmarks", "results", "throughput_cpu.png"),
+                    corpora=os.environ.get("VLLM_NGRAM_STYLE_CORPORA") or os.path.join(ROOT, "..", "shared", "corpora"))
+    sys.exit(bench.run(ap.parse_args()))

@@ -20,7 +20,7 @@ package is imported from this checkout. What it runs:
 - Correctness first: the adapter's output is compared with the torch reference op on the device
   (steered rows to float32 rounding, unsteered rows bit for bit); the script stops on a mismatch.
 - Host-device syncs in apply: torch.cuda.set_sync_debug_mode("warn") warnings and the would-be sync
-  ops of vllm_ngram_style.benchmarking.SyncCounter, over a few calls.
+  ops of vllm_ngram_style.testing.sync_counter.SyncCounter, over a few calls.
 - Timings per batch size (256, 1024): adapter apply (wall clock over back-to-back calls, host time
   per call without waiting, GPU time from CUDA events with the calls queued behind a GPU sleep),
   the same with the launcher's CUDA-graph path switched on, add_request + apply_staged_writes, and
@@ -55,10 +55,13 @@ TIME_BUDGET_S = 240  # stop starting new batch sizes after this: one run stays u
 
 bootstrap()
 
-from vllm_ngram_style import benchmarking as bm  # noqa: E402
+from vllm_ngram_style.adapters.v2 import V2StyleProcessor  # noqa: E402
+from vllm_ngram_style.testing import vllm_stand_ins as vs  # noqa: E402
+from vllm_ngram_style.testing.sync_counter import SyncCounter  # noqa: E402
+from vllm_ngram_style.testing.synthetic_packs import pack_from_compiled  # noqa: E402
 from vllm_ngram_style.kernels.synthetic import chain_weights, sample_contexts, synth_style  # noqa: E402
 from vllm_ngram_style.kernels.reference import ReferenceSteering  # noqa: E402
-from vllm_ngram_style.server_config import StyleConfig  # noqa: E402
+from vllm_ngram_style.config import StyleConfig  # noqa: E402
 from vllm_ngram_style.steering_core import SteeringCore  # noqa: E402
 
 
@@ -101,7 +104,7 @@ def build_core(vocab, n_styles, shape, device):
     t0 = time.perf_counter()
     styles = [synth_style(i, vocab, shape["contexts"], shape["entries"], shape["top_k"], name="style")
               for i in range(n_styles)]
-    packs = {s.name: bm.pack_from_compiled(s, vocab) for s in styles}
+    packs = {s.name: pack_from_compiled(s, vocab) for s in styles}
     t1 = time.perf_counter()
     core = SteeringCore(packs, ("exact",), device, backend="triton")
     t2 = time.perf_counter()
@@ -114,8 +117,7 @@ def build_core(vocab, n_styles, shape, device):
 
 def make_step(core, cfg, styles, weights, batch, vocab, hist_len, fraction, device, rng):
     """A V2 adapter with `batch` live requests (slot = request), and one step's logits and context."""
-    V2 = bm.import_v2_adapter()  # noqa: N806
-    rs = bm.v2_request_states(batch, hist_len, vocab, device)
+    rs = vs.v2_request_states(batch, hist_len, vocab, device)
     ids = np.asarray(rng.integers(0, vocab, size=(batch, hist_len)), dtype=np.int32)  # [S, L]
     pos = rng.integers(8, hist_len - 1, size=batch)  # [S] newest known token of each slot's request
     style_of = np.arange(batch) % len(styles)
@@ -128,19 +130,18 @@ def make_step(core, cfg, styles, weights, batch, vocab, hist_len, fraction, devi
                 ids[slots, pos[slots] - (m - 1 - j)] = ctx[:, j]
     rs.all_token_ids.gpu.copy_(torch.from_numpy(ids))
     rs.prompt_len.gpu.fill_(4)
-    with bm.core_override(core, cfg):
-        proc = V2(None, rs)
+    proc = V2StyleProcessor(None, rs, prepared=(core, cfg))
     steered = np.zeros(batch, bool)
     strengths = rng.uniform(0.2, 0.8, size=batch).astype(np.float32)
     for s in range(batch):
         steered[s] = fraction > 0 and int((s + 1) * fraction) > int(s * fraction)
         extra = {"style": styles[style_of[s]].name, "style_strength": float(strengths[s])} if steered[s] else None
-        proc.add_request(s, bm.sampling_params_stand_in(extra))
+        proc.add_request(s, vs.sampling_params_stand_in(extra))
     proc.apply_staged_writes()
     slots_np = rng.permutation(batch).astype(np.int32)  # row -> slot
     row_slot = torch.from_numpy(slots_np.copy()).to(device)  # [R] int32
     row_pos = torch.from_numpy(pos[slots_np].astype(np.int64)).to(device)  # [R] int64
-    ctx = bm.v2_logits_context(row_slot, row_pos, slots_np)
+    ctx = vs.v2_logits_context(row_slot, row_pos, slots_np)
     logits = torch.randn(batch, vocab, device=device)  # [R, V] float32
     return dict(proc=proc, rs=rs, ctx=ctx, logits=logits, ids=ids, pos=pos, slots_np=slots_np, steered=steered,
                 strengths=strengths, style_of=style_of)
@@ -174,7 +175,7 @@ def check(step, core, device) -> tuple[bool, str]:
 
 def count_syncs(step, device, calls=3) -> str:
     proc, logits, ctx = step["proc"], step["logits"], step["ctx"]
-    with bm.SyncCounter() as c:
+    with SyncCounter() as c:
         for _ in range(calls):
             proc.apply(logits, ctx)
     text = f"would-be sync ops {dict(c.syncs) or 0} over {calls} apply calls ({c.ops // calls} torch ops per call)"
@@ -220,8 +221,11 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     timer = Timer(device)
     core, cfg, styles, weights = build_core(vocab, args.styles, shape, device)
-    base = bm.import_v2_adapter().__mro__[1]
-    adapter_from = "vLLM's V2 interface" if not getattr(base, "stand_in", False) else "a stand-in (vLLM not installed)"
+    try:
+        import vllm  # noqa: F401  (only to say what the run had)
+        adapter_from = "vLLM installed; request state and logits context: our stand-ins"
+    except ImportError:
+        adapter_from = "a stand-in (vLLM not installed) for vLLM's request state and logits context"
     gemms = DecodeGemms(device, torch.float32 if smoke else torch.bfloat16, **decode_shape)
     lines, results, failed = [], [], False
     n_fast = dict(n=1, reps=1) if smoke else dict(n=50, reps=3)
@@ -249,7 +253,7 @@ def main(argv=None) -> int:
                 proc.apply(logits, ctx)
 
             def stage():
-                proc.add_request(0, bm.sampling_params_stand_in({"style": styles[0].name, "style_strength": 0.3}))
+                proc.add_request(0, vs.sampling_params_stand_in({"style": styles[0].name, "style_strength": 0.3}))
                 proc.apply_staged_writes()
 
             op = core.op
@@ -287,7 +291,7 @@ def _f(x, scale=1.0, digits=1):
 
 def render(results, card, env, adapter_from, notes, elapsed, core) -> str:
     head = (f"\n## V2 steering step vs decode step: {card} ({datetime.date.today()})\n\n"
-            f"`python benchmarks/gpu_step_bench.py` ({elapsed:.0f} s); {env}; adapter base class: {adapter_from}. "
+            f"`python benchmarks/gpu_step_bench.py` ({elapsed:.0f} s); {env}; {adapter_from}. "
             f"Tables: {core.op.tables.summary()}. Decode step = bf16 GEMMs of an 8B Llama (32 layers + lm_head), "
             "CUDA events. Steering = NgramStyleLogitsProcessorV2.apply (Triton, fast launch path): wall = back-to-back "
             "calls incl. waiting for the GPU; host = time the call takes on the host; GPU = CUDA events. "

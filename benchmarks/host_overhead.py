@@ -16,7 +16,7 @@ adapter, core and launcher except the launch itself (whose host cost on a GPU is
 benchmarks/kernel_bench.py / gpu-notes.md). Under TRITON_INTERPRET the launch would run the kernel
 in numpy on the CPU, which says nothing about a GPU.
 
-Would-be host-device syncs in apply are counted with vllm_ngram_style.benchmarking.SyncCounter
+Would-be host-device syncs in apply are counted with vllm_ngram_style.testing.sync_counter.SyncCounter
 (a TorchDispatchMode; the list of ops is printed with the results). Medians over the steps.
 """
 from __future__ import annotations
@@ -37,7 +37,14 @@ for _k, _v in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vllm_ngram_style import benchmarking as bm  # noqa: E402
+from vllm_ngram_style.bench.packs import corpus_for, real_packs, token_stream  # noqa: E402
+from vllm_ngram_style.bench.report import machine_description  # noqa: E402
+from vllm_ngram_style.testing import vllm_stand_ins as vs  # noqa: E402
+from vllm_ngram_style.testing.sync_counter import SYNC_OPS_DOC, SyncCounter  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_MD = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+CORPORA = os.path.join(ROOT, "..", "shared", "corpora")
 
 PROMPT_LEN = 8
 STRENGTH = 0.3
@@ -82,7 +89,7 @@ def bench_v1(cfg, backend: str, batch: int, vocab: int, fraction: float, steps: 
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor
+    from vllm_ngram_style import NgramStyleLogitsProcessor
 
     if backend == "naive":
         from vllm_ngram_style.naive_processor import NaiveStyleLogitsProcessor
@@ -116,7 +123,7 @@ def bench_v1(cfg, backend: str, batch: int, vocab: int, fraction: float, steps: 
         proc.update_state(upd)
         t1 = time.perf_counter()
         if step == steps + 2:  # the last step is counted, not timed
-            with bm.SyncCounter() as counts:
+            with SyncCounter() as counts:
                 proc.apply(logits)
             break
         proc.apply(logits)
@@ -134,10 +141,11 @@ def bench_v1(cfg, backend: str, batch: int, vocab: int, fraction: float, steps: 
 def bench_v2(cfg, backend: str, batch: int, vocab: int, fraction: float, steps: int, stream: Stream) -> dict:
     from vllm import SamplingParams
 
-    V2 = bm.import_v2_adapter()  # noqa: N806
+    from vllm_ngram_style.adapters.v2 import V2StyleProcessor as V2  # noqa: N813
+
     os.environ["VLLM_NGRAM_STYLE_BACKEND"] = backend
     max_len = PROMPT_LEN + steps + 8
-    rs = bm.v2_request_states(batch, max_len, vocab, "cpu")
+    rs = vs.v2_request_states(batch, max_len, vocab, "cpu")
     ids = rs.all_token_ids.gpu  # [S, L]
     for s in range(batch):
         ids[s, :PROMPT_LEN] = torch.tensor(stream.take(PROMPT_LEN), dtype=ids.dtype)
@@ -163,9 +171,9 @@ def bench_v2(cfg, backend: str, batch: int, vocab: int, fraction: float, steps: 
         t1 = time.perf_counter()
         proc.apply_staged_writes()
         t2 = time.perf_counter()
-        ctx = bm.v2_logits_context(row_slot, pos, slots_np)
+        ctx = vs.v2_logits_context(row_slot, pos, slots_np)
         if step == steps + 2:
-            with bm.SyncCounter() as counts:
+            with SyncCounter() as counts:
                 proc.apply(logits, ctx)
             break
         proc.apply(logits, ctx)
@@ -207,16 +215,16 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration (default 20)")
     ap.add_argument("--model", default="smollm2", help="model folder whose tokenizer the pack uses (default smollm2)")
     ap.add_argument("--pack", help="a .stylepack for that tokenizer (default: Don Quixote, counted and cached)")
-    ap.add_argument("--results", default=bm.RESULTS_MD, help="append the section here ('' to skip)")
+    ap.add_argument("--results", default=RESULTS_MD, help="append the section here ('' to skip)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     from vllm_ngram_style.models import resolve_model
 
     model_dir = resolve_model(args.model)
-    pack = args.pack or bm.real_packs(model_dir, ["quixote"])["quixote"]
-    cfg = bm.fake_vllm_config(model_dir, {"quixote": pack})
-    stream = Stream(bm.token_stream(model_dir, os.path.join(bm.CORPORA, bm.REAL_STYLES["quixote"]), 200_000))
+    pack = args.pack or real_packs(model_dir, ["quixote"], CORPORA)["quixote"]
+    cfg = vs.fake_vllm_config(model_dir, {"quixote": pack})
+    stream = Stream(token_stream(model_dir, corpus_for("quixote", CORPORA), 200_000))
     rows = []
     t_start = time.perf_counter()
     for backend in args.backends:
@@ -233,7 +241,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     section = (
         f"\n## Host overhead per decoding step, V1 and V2 adapters without a model ({datetime.date.today()})\n\n"
-        f"Machine: {bm.machine_description()}, 1 torch thread; **shared with other jobs** (load average "
+        f"Machine: {machine_description()}, 1 torch thread; **shared with other jobs** (load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}). Command: `{shlex.join(['python', 'benchmarks/host_overhead.py'] + (argv if argv is not None else sys.argv[1:]))}` "
         f"({elapsed / 60:.1f} min).\n\n"
         f"Real Don Quixote pack (SmolLM2 tokenizer, orders 1-3, top-512, exact mode, strength {STRENGTH}), "
@@ -244,7 +252,7 @@ def main(argv=None) -> int:
         "a CUDA graph; see benchmarks/kernel_bench.py). The reference rows are the real CPU cost of the op; 'V1 naive' "
         "is the naive per-request processor (vllm_ngram_style/naive_processor.py) for contrast. "
         "Would-be syncs are counted over one apply() call.\n\n"
-        + table(rows) + "\n" + "\n".join("    " + line for line in bm.SYNC_OPS_DOC.splitlines()) + "\n")
+        + table(rows) + "\n" + "\n".join("    " + line for line in SYNC_OPS_DOC.splitlines()) + "\n")
     print(section)
     if args.results:
         with open(args.results, "a") as fh:

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _counts(fn):
-    from vllm_ngram_style.benchmarking import SyncCounter
+    from vllm_ngram_style.testing.sync_counter import SyncCounter
 
     with SyncCounter() as c:
         fn()
@@ -46,7 +46,7 @@ def test_sync_counter_flags_syncing_ops_and_only_those():
 
 
 def test_summary_pairs_each_round_with_its_own_baseline():
-    from vllm_ngram_style.benchmarking import Variant, summarise
+    from vllm_ngram_style.bench.e2e import Variant, summarise
 
     variants = [Variant("(a)", "none", 0.0, 0), Variant("p", "plugin", 1.0, 1)]
     rows = []

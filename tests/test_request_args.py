@@ -7,7 +7,8 @@ import pytest
 
 from vllm_ngram_style.errors import ConfigError, RequestError
 from vllm_ngram_style.request_args import (DEFAULT_STRENGTH, MAX_STRENGTH, StyleRequest, parse_request_args)
-from vllm_ngram_style.server_config import ENV_CONFIG, read_config, validate_sampling_params
+from vllm_ngram_style.config import ENV_CONFIG, read_config
+from vllm_ngram_style.validation import validate_sampling_params
 
 STYLES = ["quixote", "news"]
 MODES = ["exact", "paper", "kn"]
@@ -102,8 +103,8 @@ def test_bad_inputs_have_distinct_messages():
 
 
 def test_module_is_light():
-    """vLLM's API process imports request_args and server_config to validate requests: no torch, no vLLM."""
-    code = ("import sys, vllm_ngram_style.request_args, vllm_ngram_style.server_config; "
+    """vLLM's API process imports request_args, config and validation to validate requests: no torch, no vLLM."""
+    code = ("import sys, vllm_ngram_style.request_args, vllm_ngram_style.config, vllm_ngram_style.validation; "
             "bad = [m for m in ('torch', 'vllm', 'numpy', 'triton') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -174,9 +175,9 @@ class _Params:
 
 
 def test_validate_sampling_params_uses_env(tmp_path, monkeypatch):
-    from vllm_ngram_style import server_config
+    from vllm_ngram_style import validation
 
-    monkeypatch.setattr(server_config, "_active", [])  # forget processors other tests built in this process
+    monkeypatch.setattr(validation, "_active", [])  # forget processors other tests built in this process
     monkeypatch.setenv(ENV_CONFIG, write(tmp_path / "c.json", {"styles": {"quixote": "q.stylepack"}}))
     assert validate_sampling_params(_Params(None)) is None
     assert validate_sampling_params(_Params({"style": "quixote"})).style == "quixote"

@@ -10,7 +10,8 @@ from helpers import train_test_packs
 
 from vllm_ngram_style.cli import main
 from vllm_ngram_style.commands.generate import render
-from vllm_ngram_style.commands.serve import V1_CLASS, _strip
+from vllm_ngram_style.commands.serve import _strip
+from vllm_ngram_style.launch import PROCESSOR_CLASS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_serve_check_prints_the_vllm_command(tiny_model_dir, packs, capsys, monk
     cmd = shlex.split(out.split("starting: ", 1)[1])
     assert cmd[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir]
     i = cmd.index("--logits-processors")
-    assert cmd[i + 1:i + 3] == ["x.y:Z", V1_CLASS]  # no GPU: the V1 interface
+    assert cmd[i + 1:i + 3] == ["x.y:Z", PROCESSOR_CLASS]  # one class for both model runners: no guessing
     assert "--port" in cmd and "--dtype" in cmd and "--check" not in cmd and "--style" not in cmd
     assert cmd.count("--additional-config") == 1
     additional = json.loads(cmd[cmd.index("--additional-config") + 1])

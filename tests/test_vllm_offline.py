@@ -19,7 +19,8 @@ for _k, _v in {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM
 pytest.importorskip("vllm")
 from helpers import greedy_reference, train_test_packs  # noqa: E402
 
-from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor  # noqa: E402
+from vllm_ngram_style import NgramStyleLogitsProcessor  # noqa: E402
+from vllm_ngram_style.adapters.v1 import V1StyleProcessor  # noqa: E402
 
 MAX_SEQS = 8  # fewer than the churn test's requests: they must queue, join and leave
 STATS = Counter()
@@ -28,8 +29,8 @@ STATS = Counter()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
-class RecordingProcessor(NgramStyleLogitsProcessor):
-    """The real processor, counting the batch updates vLLM sends it (to prove the churn test churns)."""
+class _RecordingV1(V1StyleProcessor):
+    """The real V1 implementation, counting the batch updates vLLM sends it (to prove the churn test churns)."""
 
     def update_state(self, batch_update):
         if batch_update is not None:
@@ -44,6 +45,12 @@ class RecordingProcessor(NgramStyleLogitsProcessor):
             STATS["steered_steps"] += 1
             STATS["max_rows"] = max(STATS["max_rows"], logits.shape[0])
         return super().apply(logits)
+
+
+class RecordingProcessor(NgramStyleLogitsProcessor):
+    """The plugin's one class, building the recording V1 implementation."""
+
+    v1_impl = _RecordingV1
 
 
 def _engine_kwargs(model_dir):

@@ -74,7 +74,7 @@ def test_v1_random_batch_updates(tiny_tokenizer_dir, packs):
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-    from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor
+    from vllm_ngram_style import NgramStyleLogitsProcessor
 
     proc = NgramStyleLogitsProcessor(fake_vllm_config(tiny_tokenizer_dir, packs), torch.device("cpu"), False)
     assert proc.is_argmax_invariant() is False
@@ -137,7 +137,7 @@ def test_v1_random_batch_updates(tiny_tokenizer_dir, packs):
 
 
 def test_v1_refuses_speculative_decoding(tiny_tokenizer_dir, packs):
-    from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor
+    from vllm_ngram_style import NgramStyleLogitsProcessor
 
     with pytest.raises(ConfigError, match="does not support speculative decoding"):
         NgramStyleLogitsProcessor(fake_vllm_config(tiny_tokenizer_dir, packs, speculative=object()), "cpu", False)
@@ -145,7 +145,7 @@ def test_v1_refuses_speculative_decoding(tiny_tokenizer_dir, packs):
 
 def test_engine_start_errors(tiny_tokenizer_dir, packs, tmp_path):
     from vllm_ngram_style.testing.tiny import build_tiny_tokenizer
-    from vllm_ngram_style.vllm_v1 import NgramStyleLogitsProcessor
+    from vllm_ngram_style import NgramStyleLogitsProcessor
 
     other = build_tiny_tokenizer(str(tmp_path / "other_tok"), vocab_size=300)
     with pytest.raises(ConfigError, match=r"style 'alpha': style pack 'alpha' was trained with another tokenizer"):
@@ -180,7 +180,7 @@ def test_v2_protocol(tiny_tokenizer_dir, packs, backend, monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
 
-    from vllm_ngram_style.vllm_v2 import NgramStyleLogitsProcessorV2
+    from vllm_ngram_style import NgramStyleLogitsProcessor as NgramStyleLogitsProcessorV2
 
     monkeypatch.setenv("VLLM_NGRAM_STYLE_BACKEND", backend)
     S, L = 10, 96  # noqa: N806  slots, max model length
@@ -261,7 +261,7 @@ def test_v2_skips_unsteered_batches_without_work(tiny_tokenizer_dir, packs):
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
 
-    from vllm_ngram_style.vllm_v2 import NgramStyleLogitsProcessorV2
+    from vllm_ngram_style import NgramStyleLogitsProcessor as NgramStyleLogitsProcessorV2
 
     ids = torch.zeros(4, 8, dtype=torch.int32)
     rs = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=4, vocab_size=V,
@@ -329,7 +329,7 @@ def test_v2_apply_makes_no_host_sync_calls(tiny_tokenizer_dir, packs):
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
 
-    from vllm_ngram_style.vllm_v2 import NgramStyleLogitsProcessorV2
+    from vllm_ngram_style import NgramStyleLogitsProcessor as NgramStyleLogitsProcessorV2
 
     S, L = 6, 40  # noqa: N806
     ids = torch.randint(3, 300, (S, L), dtype=torch.int32)
@@ -369,22 +369,38 @@ def test_v2_apply_makes_no_host_sync_calls(tiny_tokenizer_dir, packs):
 
 
 def test_vllm_loaders_and_frontend_validators(tiny_tokenizer_dir, packs):
-    """vLLM's own loaders accept each class for its interface and reject it for the other; vLLM's
-    frontend validators (which hold the config but do not pass it) turn our errors into 400s."""
+    """vLLM's own loaders accept the one class (and its two old names) for both interfaces and build
+    the right implementation; vLLM's frontend validators (which hold the config but do not pass it)
+    turn our errors into 400s."""
+    import types
+
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
     from vllm.v1.sample.logits_processor import _load_custom_logitsprocs, validate_logits_processors_parameters
-    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
+    from vllm.v1.worker.gpu.sample.logits_processor import (build_custom_logits_processors,
+                                                            build_custom_logits_processors_params_validator)
     from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
 
-    from vllm_ngram_style.commands.serve import V1_CLASS, V2_CLASS
+    from vllm_ngram_style.adapters.v1 import V1StyleProcessor
+    from vllm_ngram_style.adapters.v2 import V2StyleProcessor
+    from vllm_ngram_style.launch import PROCESSOR_CLASS
 
-    assert _load_custom_logitsprocs([V1_CLASS])[-1].__name__ == "NgramStyleLogitsProcessor"
-    assert _load_v2_logitsprocs_by_fqcns([V2_CLASS])[0].__name__ == "NgramStyleLogitsProcessorV2"
-    with pytest.raises(ValueError, match="not a subclass"):
-        _load_v2_logitsprocs_by_fqcns([V1_CLASS])
-    with pytest.raises(ValueError, match="must be a subclass"):
-        _load_custom_logitsprocs([V2_CLASS])
+    old_v1 = "vllm_ngram_style.vllm_v1:NgramStyleLogitsProcessor"
+    old_v2 = "vllm_ngram_style.vllm_v2:NgramStyleLogitsProcessorV2"
+    cfg = fake_vllm_config(tiny_tokenizer_dir, packs)
+    for name in (PROCESSOR_CLASS, old_v1, old_v2):
+        (v1_cls,) = [c for c in _load_custom_logitsprocs([name]) if c.__name__ == "NgramStyleLogitsProcessor"]
+        (v2_cls,) = _load_v2_logitsprocs_by_fqcns([name])
+        assert v1_cls is v2_cls
+        assert type(v1_cls(cfg, torch.device("cpu"), False)) is V1StyleProcessor  # the V1 sampler's call
+        rs = types.SimpleNamespace(device=torch.device("cpu"), max_num_reqs=4, vocab_size=V,
+                                   all_token_ids=_DeviceBuffer(torch.zeros((4, 16), dtype=torch.int32)),
+                                   prompt_len=_DeviceBuffer(torch.zeros(4, dtype=torch.int32)),
+                                   prefill_len=_DeviceBuffer(torch.zeros(4, dtype=torch.int32)),
+                                   total_len=_DeviceBuffer(torch.zeros(4, dtype=torch.int32)))
+        (built,) = build_custom_logits_processors(cfg, rs, False, [name])  # Model Runner V2's own builder
+        assert type(built) is V2StyleProcessor
+    V1_CLASS = V2_CLASS = PROCESSOR_CLASS  # noqa: N806  the validators below see the one class
 
     v2_validate = build_custom_logits_processors_params_validator([V2_CLASS])
 

@@ -24,7 +24,7 @@ from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from .contract import CompiledStyle
 from .modes import compile_style
-from .server_config import validate_sampling_params
+from .validation import validate_sampling_params
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +78,12 @@ class NaiveStyleLogitsProcessor(AdapterLogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         super().__init__(vllm_config, device, is_pin_memory)
-        from . import server_config
+        from .config import config_from_vllm_config
+        from .engine import load_styles
 
-        self.cfg = server_config.config_from_vllm_config(vllm_config)
-        fp, vocab = server_config.served_tokenizer_identity(vllm_config)
-        packs = server_config.load_packs(self.cfg, fp, vocab)
+        self.cfg = config_from_vllm_config(vllm_config)
+        mc = vllm_config.model_config
+        packs = load_styles(self.cfg, mc.tokenizer or mc.model, where="the served model")
         self.tables = {(name, mode): NaiveTables(compile_style(packs[name], mode, name=name), device)
                        for name in self.cfg.names for mode in self.cfg.modes}
         logger.info("naive style processor: %d (style, mode) tables", len(self.tables))

@@ -63,6 +63,11 @@ class StyleRequest:
         return self.strength * self.loop_penalty
 
 
+def is_style_key(key: Any) -> bool:
+    """Keys of this plugin: ``style`` and ``style_*``; every other key belongs to other features."""
+    return isinstance(key, str) and (key == KEY_STYLE or key.startswith("style_"))
+
+
 def _is_number(value: Any) -> bool:
     # bool is an int subclass; a strength of True is a client bug, not 1.0.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -127,7 +132,7 @@ def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[st
     """
     if not extra_args:
         return None
-    ours = {k: v for k, v in extra_args.items() if isinstance(k, str) and (k == KEY_STYLE or k.startswith("style_"))}
+    ours = {k: v for k, v in extra_args.items() if is_style_key(k)}
     if not ours:
         return None
     unknown = sorted(k for k in ours if k not in KNOWN_KEYS)

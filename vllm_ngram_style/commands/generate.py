@@ -13,7 +13,7 @@ import time
 
 from ..errors import ConfigError
 from ..request_args import DEFAULT_STRENGTH, parse_request_args
-from .serve import PROCESSORS, add_style_arguments, check_styles, cpu_defaults, pick_processor, style_section
+from ..launch import PROCESSOR_CLASS, add_style_arguments, check_styles, cpu_defaults, style_section
 
 DEFAULT_PROMPTS = (
     "The old lighthouse keeper climbed the stairs one last time, and",
@@ -105,8 +105,7 @@ def run(args) -> int:
     for name in cfg.names:  # the same validation a server applies to a request
         parse_request_args(_request_extra(args, name), cfg.names, cfg.modes)
 
-    processor = pick_processor(args.processor)
-    cpu_defaults(processor)
+    cpu_defaults()
     import torch
 
     on_cpu = not torch.cuda.is_available()
@@ -128,9 +127,9 @@ def run(args) -> int:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=args.model, dtype=args.dtype or ("float32" if on_cpu else "auto"), seed=args.seed,
-              max_model_len=args.max_model_len, logits_processors=[PROCESSORS[processor]],
+              max_model_len=args.max_model_len, logits_processors=[PROCESSOR_CLASS],
               enforce_eager=on_cpu and not args.compile,  # on CPU compiling costs more than a short run saves
-              # seeded sampling + chunked prefill crashes vLLM 0.32's CPU runner (see serve.cpu_vllm_args)
+              # seeded sampling + chunked prefill crashes vLLM 0.32's CPU runner (see launch.cpu_vllm_args)
               enable_chunked_prefill=False if on_cpu else None,
               additional_config={"ngram_style": {"styles": cfg.styles, "modes": list(cfg.modes)}})
     variants = [("unsteered", None)] + [(_label(args, n), _request_extra(args, n)) for n in cfg.names]

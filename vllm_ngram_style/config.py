@@ -15,15 +15,14 @@ itself or ``{"ngram_style": {...}}``. The same style name given twice with diffe
 error; ``modes`` is taken from the first source that sets it, in the order above.
 
 Reading the configuration is light (json and os only): vLLM's API process does it to validate
-requests. Loading the packs and checking them against the served tokenizer is separate
-(``load_packs``), done by the engine and, earlier, by ``vllm-ngram-style serve``.
+requests (validation.py). Loading the packs and checking them against the served tokenizer is
+separate (engine.load_styles), done by the engine and, earlier, by ``vllm-ngram-style serve``.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -138,106 +137,14 @@ def config_from_vllm_config(vllm_config) -> StyleConfig:
     return cfg
 
 
-# ---- the API process: find the configuration for validate_params ---------------------------------
-
-_active: list[StyleConfig] = []  # configurations of processors built in this process (offline, in-process engine)
-_cache: dict[str, StyleConfig | None] = {}
-
-
-def register_active(cfg: StyleConfig) -> None:
-    """Called by a processor's constructor, so validation in the same process sees its config."""
-    _active.append(cfg)
-
-
-def _caller_additional_config(max_depth: int = 12):
-    """vLLM calls the classmethod validate_params(params) from its InputProcessor, which holds the
-    vllm_config but does not pass it on; its additional_config is found on the caller's frame.
-    Returns (found, additional_config)."""
-    frame = sys._getframe(2)
-    for _ in range(max_depth):
-        if frame is None:
-            break
-        owner = frame.f_locals.get("self")
-        cfg = getattr(owner, "vllm_config", None) if owner is not None else None
-        if cfg is not None and hasattr(cfg, "additional_config"):
-            return True, cfg.additional_config
-        frame = frame.f_back
-    return False, None
-
-
-def config_for_validation() -> StyleConfig | None:
-    """Light lookup of the serving configuration, for validate_params (no packs are loaded).
-
-    Order: the vLLM config of the InputProcessor calling us (its --additional-config, plus the
-    environment variable), else the environment variable alone, else the configuration of a
-    processor built in this process.
-    """
-    found, additional = _caller_additional_config()
-    if not found and not os.environ.get(ENV_CONFIG) and _active:
-        return _active[-1]
-    section = additional.get(SECTION) if isinstance(additional, Mapping) else None
-    key = json.dumps(section, sort_keys=True, default=str) + "|" + os.environ.get(ENV_CONFIG, "")
-    if key not in _cache:
-        _cache[key] = read_config({SECTION: section} if section is not None else None)
-    return _cache[key]
-
-
-def validate_sampling_params(params):
-    """validate_params of both processor classes: parse a request's style extras against the
-    server's configured names. -> StyleRequest or None (unsteered). Raises RequestError."""
-    from .errors import RequestError
-    from .request_args import parse_request_args
-
-    extra = getattr(params, "extra_args", None)
-    if not extra or not any(isinstance(k, str) and (k == "style" or k.startswith("style_")) for k in extra):
-        return None  # unsteered requests never need the configuration
-    cfg = config_for_validation()
-    if cfg is None:
-        raise RequestError("style steering is not configured on this server (no styles); the operator "
-                           f"must configure {SECTION} styles")
-    return parse_request_args(extra, cfg.names, cfg.modes)
-
-
-# ---- the engine side: load and check the packs ------------------------------------------------------
-
-def tokenizer_identity(name_or_dir: str, revision: str | None = None, trust_remote_code: bool = False):
-    """(fingerprint, vocabulary size) of a model's tokenizer: a local folder, or a name already in
-    the Hugging Face cache (nothing is downloaded when HF_HUB_OFFLINE=1)."""
-    from .tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_vocab_size
-
-    if os.path.isdir(name_or_dir):
-        tok = load_tokenizer(name_or_dir)
-    else:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(name_or_dir, revision=revision, use_fast=True,
-                                                trust_remote_code=trust_remote_code)
-        except Exception as exc:  # transformers raises many types here
-            raise ConfigError(f"cannot load the served model's tokenizer {name_or_dir!r}: {exc}") from exc
-    return tokenizer_fingerprint(tok), tokenizer_vocab_size(tok)
-
-
-def served_tokenizer_identity(vllm_config):
-    mc = vllm_config.model_config
-    return tokenizer_identity(mc.tokenizer or mc.model, getattr(mc, "tokenizer_revision", None),
-                              bool(getattr(mc, "trust_remote_code", False)))
-
-
-def load_packs(cfg: StyleConfig, fingerprint: str | None, vocab_size: int | None = None,
-               where: str = "the served model") -> dict:
-    """Load every configured pack (fully validated) and check it was counted with the served
-    tokenizer. -> {name: StylePack}. Errors are ConfigError/StylePackError naming the style."""
-    from .errors import StylePackError
-    from .pack import load_pack
-
-    packs = {}
-    for name in cfg.names:
-        try:
-            pack = load_pack(cfg.styles[name])
-            if fingerprint is not None:
-                pack.check_tokenizer(fingerprint, vocab_size, where)
-        except StylePackError as exc:
-            raise ConfigError(f"style {name!r}: {exc}") from exc
-        packs[name] = pack
-    return packs
+def parse_style_flags(flags: list[str]) -> dict:
+    """--style NAME=PATH flags (serve, generate, bench) -> {name: path}."""
+    styles = {}
+    for item in flags:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--style wants NAME=PATH.stylepack, got {item!r}")
+        if name in styles and styles[name] != path:
+            raise ConfigError(f"--style {name!r} given twice ({styles[name]!r} and {path!r})")
+        styles[name] = path
+    return styles

@@ -1,0 +1,168 @@
+"""vLLM V1 protocol: track the steered rows of the persistent batch; steer them in apply().
+
+update_state() follows BatchUpdate (removed, then added, then moved) and keeps, per steered row,
+its parsed request and vLLM's live prompt/output lists. apply() hands the whole batch to the core
+(unsteered rows carry variant -1, which every op skips without writing, so no logits rows are
+gathered or scattered: a copy of half a 1024 x 128k batch would cost more than the steering).
+Token history is read in apply(), never cached in update_state(): under async scheduling the
+newest entry is a -1 placeholder until just before apply() (vLLM issue #52461).
+
+Host work per step: the per-row tensors (variant, strength, flags) are rebuilt only when the
+batch changes; the contexts (last max_order-1 tokens) and loop-guard windows are written into
+reused host buffers (pinned when vLLM says pinning works) and copied to the device without
+blocking. On CPU the buffers are the tensors the op reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..engine import build_core, parse_in_engine
+from ..loop_guard import LOOP_GUARD_WINDOW
+
+_RING = 4  # host buffer sets in rotation on a device: more than the steps vLLM keeps in flight
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from ..config import StyleConfig
+    from ..request_args import StyleRequest
+    from ..steering_core import SteeringCore
+
+
+@dataclass
+class SteeredRow:
+    """One steered request in the persistent batch."""
+
+    variant: int  # the core's variant id of (style, mode)
+    req: StyleRequest
+    prompt: list | None  # prompt token ids (vLLM's list, never copied)
+    output: list  # live list of generated ids; vLLM appends to it
+
+
+@dataclass
+class BatchTensors:
+    """Per-row state of the whole persistent batch, rebuilt only when the batch changes."""
+
+    batch: int  # B, rows of the logits
+    rows: list  # [S] SteeredRow, in row order
+    index: torch.Tensor  # [S] int64 batch rows of the steered requests (host)
+    variant: torch.Tensor  # [B] int64, -1 unsteered (device)
+    strength: torch.Tensor  # [B] float32 (device)
+    adaptive: torch.Tensor | None  # [B] bool, None when no row asks (device)
+    guard: torch.Tensor | None  # [B] int32 n-gram size, 0 off; None when no row asks (device)
+    guard_sizes: list  # the distinct nonzero guard sizes
+    penalty: torch.Tensor | None  # [B] float32 nats below unsteered for guarded tokens; None if all 0
+
+
+def last_tokens(prompt, output, n: int) -> list:
+    """The last n tokens of prompt + output, left-padded with -1."""
+    if n == 0:
+        return []
+    tail = list(output[-n:])
+    need = n - len(tail)
+    if need > 0 and prompt:
+        tail = list(prompt[-need:]) + tail
+    return [-1] * (n - len(tail)) + tail
+
+
+class V1StyleProcessor:
+    """Batched n-gram style steering for vLLM's V1 sampler."""
+
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool,
+                 prepared: tuple[SteeringCore, StyleConfig] | None = None):
+        self.core, self.cfg = prepared or build_core(vllm_config, device)
+        self.device = torch.device(device)
+        self._pin = bool(is_pin_memory) and self.device.type == "cuda"
+        self.rows: dict[int, SteeredRow] = {}  # persistent-batch index -> steered request
+        self._tensors: BatchTensors | None = None
+        self._host: dict[tuple, torch.Tensor] = {}  # reused host buffers, by (name, ring slot)
+        self._ring = 0
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # steering changes greedy choices
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        from vllm.v1.sample.logits_processor import MoveDirectionality
+
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, prompt, output in batch_update.added:
+            req = parse_in_engine(params, self.cfg)
+            if req is None:
+                self.rows.pop(index, None)
+            else:
+                self.rows[index] = SteeredRow(self.core.variant_id(req.style, req.mode), req, prompt, output)
+        for a, b, direction in batch_update.moved:
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if rb is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = rb
+        self._tensors = None
+
+    def _batch_tensors(self, batch: int) -> BatchTensors:
+        if self._tensors is None or self._tensors.batch != batch:
+            idx = sorted(self.rows)
+            rows = [self.rows[i] for i in idx]
+            sizes = sorted({r.req.loop_guard for r in rows if r.req.loop_guard})
+            index = torch.tensor(idx, dtype=torch.int64)  # [S]
+
+            def full(values, fill, dtype):  # [B] with the steered rows' values scattered in
+                out = torch.full((batch,), fill, dtype=dtype)
+                out[index] = torch.tensor(values, dtype=dtype)
+                return out.to(self.device)
+
+            self._tensors = BatchTensors(
+                batch, rows, index,
+                variant=full([r.variant for r in rows], -1, torch.int64),
+                strength=full([r.req.strength for r in rows], 0.0, torch.float32),
+                adaptive=full([r.req.adaptive for r in rows], False, torch.bool)
+                if any(r.req.adaptive for r in rows) else None,
+                guard=full([r.req.loop_guard for r in rows], 0, torch.int32) if sizes else None,
+                guard_sizes=sizes,
+                penalty=full([r.req.guard_penalty_nats for r in rows], 0.0, torch.float32)
+                if any(r.req.loop_penalty for r in rows) else None)
+        return self._tensors
+
+    def _buffer(self, name: str, shape: tuple) -> torch.Tensor:
+        """A reused host int64 buffer, pinned when pinning works (then copied without blocking). On a
+        device, buffers rotate over _RING steps, so a pending copy's source is never rewritten."""
+        key = (name, self._ring)
+        buf = self._host.get(key)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = torch.empty(shape, dtype=torch.int64, pin_memory=self._pin)
+            self._host[key] = buf
+        return buf
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        return host if self.device.type == "cpu" else host.to(self.device, non_blocking=self._pin)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits  # zero cost when nothing is steered
+        t = self._batch_tensors(logits.shape[0])
+        if self.device.type != "cpu":
+            self._ring = (self._ring + 1) % _RING
+        n = self.core.context_len
+        # Read the history now: the live lists are complete (placeholders patched) only here.
+        context = self._buffer("context", (t.batch, n))  # [B, max_order-1]
+        context.fill_(-1)
+        if n:
+            context[t.index] = torch.tensor([last_tokens(r.prompt, r.output, n) for r in t.rows],
+                                            dtype=torch.int64).reshape(len(t.rows), n)
+        history = None
+        if t.guard_sizes:
+            w = LOOP_GUARD_WINDOW
+            history = self._buffer("history", (t.batch, w))  # [B, W] recent generated tokens
+            history.fill_(-1)
+            history[t.index] = torch.tensor([[-1] * (w - len(r.output[-w:])) + list(r.output[-w:]) for r in t.rows],
+                                            dtype=torch.int64)
+            history = self._to_device(history)
+        return self.core.apply(logits, t.variant, t.strength, self._to_device(context), t.adaptive, t.guard,
+                               t.guard_sizes, history, t.penalty)

@@ -1,0 +1,131 @@
+"""vLLM Model Runner V2 protocol: per-slot steering state, and one device-only apply per step.
+
+Per-slot state (variant, strength, adaptive, loop guard, loop penalty) lives on the host in numpy,
+is staged by add_request() and copied to the device in apply_staged_writes() without blocking.
+apply() reads each row's context from the device token history ``req_states.all_token_ids`` at
+``ctx.pos``: in vLLM's LogitsContext, ``pos`` is the position of the token fed at that row (exact
+row length = pos + 1), i.e. the NEWEST known token, and the sampled token will sit at pos + 1. The
+only host work in apply() reads numpy arrays indexed by ``ctx.idx_mapping_np`` (to skip unsteered
+batches and pick loop-guard sizes): no device sync.
+
+Import-light on purpose (vLLM's API process imports the processor class to validate requests):
+torch, numpy and the core are imported when an engine builds the processor.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from vllm.config import VllmConfig
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+
+    from ..config import StyleConfig
+    from ..steering_core import SteeringCore
+
+_RING = 4  # staging buffers in rotation; > vLLM's in-flight steps, so a pending copy's source is never rewritten
+
+
+class SlotState:
+    """Named per-slot arrays: the host truth (numpy), staged through pinned buffers to a device copy.
+
+    The int32 fields share one [3, S] block and the float32 fields one [2, S] block, so a step that
+    changed any slot stages with two copies.
+    """
+
+    INT_FIELDS = ("variant", "adaptive", "guard")  # variant id (-1 unsteered), 0/1, n-gram size (0 off)
+    FLOAT_FIELDS = ("strength", "penalty")  # lambda; nats below unsteered for guarded tokens
+
+    def __init__(self, num_slots: int, device: torch.device):
+        import numpy as np
+        import torch
+
+        s = num_slots
+        self.host_ints = np.zeros((len(self.INT_FIELDS), s), dtype=np.int32)  # [3, S]
+        self.host_floats = np.zeros((len(self.FLOAT_FIELDS), s), dtype=np.float32)  # [2, S]
+        self.host_ints[self.INT_FIELDS.index("variant")] = -1
+        pin = device.type == "cuda" and torch.cuda.is_available()
+        self._stage = [(torch.zeros(self.host_ints.shape, dtype=torch.int32, pin_memory=pin),
+                        torch.zeros(self.host_floats.shape, dtype=torch.float32, pin_memory=pin)) for _ in range(_RING)]
+        self._ring = 0
+        self.dev_ints = torch.from_numpy(self.host_ints.copy()).to(device)  # [3, S]
+        self.dev_floats = torch.zeros(self.host_floats.shape, dtype=torch.float32, device=device)  # [2, S]
+        self.dirty = False
+
+    def host(self, name: str):
+        """[S] numpy view of one field (writable)."""
+        if name in self.INT_FIELDS:
+            return self.host_ints[self.INT_FIELDS.index(name)]
+        return self.host_floats[self.FLOAT_FIELDS.index(name)]
+
+    def device(self, name: str):
+        """[S] device view of one field."""
+        if name in self.INT_FIELDS:
+            return self.dev_ints[self.INT_FIELDS.index(name)]
+        return self.dev_floats[self.FLOAT_FIELDS.index(name)]
+
+    def set(self, slot: int, **values) -> None:
+        for name, value in values.items():
+            self.host(name)[slot] = value
+        self.dirty = True
+
+    def stage(self) -> None:
+        """Copy the host truth to the device without blocking (call once per step, before the forward)."""
+        if not self.dirty:
+            return
+        self._ring = (self._ring + 1) % _RING
+        si, sf = self._stage[self._ring]
+        si.numpy()[:] = self.host_ints  # host-to-host; the async copy below reads this buffer later
+        sf.numpy()[:] = self.host_floats
+        self.dev_ints.copy_(si, non_blocking=True)
+        self.dev_floats.copy_(sf, non_blocking=True)
+        self.dirty = False
+
+
+class V2StyleProcessor:
+    """Batched n-gram style steering for vLLM's Model Runner V2 sampler."""
+
+    def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState,
+                 prepared: tuple[SteeringCore, StyleConfig] | None = None):
+        import torch
+
+        from ..engine import build_core
+
+        self.req_states = req_states
+        self.device = torch.device(req_states.device)
+        self.core, self.cfg = prepared or build_core(vllm_config, self.device)
+        self.slots = SlotState(req_states.max_num_reqs, self.device)
+
+    def add_request(self, req_idx: int, sampling_params) -> bool:
+        from ..engine import parse_in_engine
+
+        req = parse_in_engine(sampling_params, self.cfg)
+        # Slots are recycled: overwrite every field, steered or not.
+        if req is None:
+            self.slots.set(req_idx, variant=-1, adaptive=0, guard=0, strength=0.0, penalty=0.0)
+        else:
+            self.slots.set(req_idx, variant=self.core.variant_id(req.style, req.mode), adaptive=int(req.adaptive),
+                           guard=req.loop_guard, strength=req.strength, penalty=req.guard_penalty_nats)
+        return req is not None
+
+    def apply_staged_writes(self) -> None:
+        self.slots.stage()
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        st = self.slots
+        slots = ctx.idx_mapping_np  # [num_reqs] host copy of batch -> slot: no sync to read
+        steered = st.host("variant")[slots] >= 0
+        if not steered.any():
+            return logits  # zero cost when no row of this batch is steered
+        adaptive = bool(st.host("adaptive")[slots][steered].any())
+        sizes = sorted(int(g) for g in set(st.host("guard")[slots][steered].tolist()) if g)
+        penalty = bool(sizes) and bool(st.host("penalty")[slots][steered].any())
+        rs = self.req_states
+        self.core.apply_from_history(
+            logits, ctx.expanded_idx_mapping, ctx.pos, rs.all_token_ids.gpu,  # .gpu is re-bound by vLLM: read it each step
+            st.device("variant"), st.device("strength"),
+            slot_adaptive=st.device("adaptive") if adaptive else None,
+            slot_guard=st.device("guard") if sizes else None, guard_sizes=sizes,
+            prompt_len=rs.prompt_len.gpu if sizes else None,
+            slot_guard_penalty=st.device("penalty") if penalty else None)
+        return logits
