@@ -10,7 +10,8 @@ from helpers import NaiveModel, random_pack
 from vllm_ngram_style.evaluation.metrics import (PackScorer, js_divergence_bits, ppl_from_logprobs,
                                                  repetition_rate, score_sequence)
 from vllm_ngram_style.evaluation.report import aggregate, goal_check
-from vllm_ngram_style.evaluation.steer import LOOP_GUARD_WINDOW, RowSteerer, Steer
+from vllm_ngram_style.evaluation.steer import RowSteerer, Steer
+from vllm_ngram_style.loop_guard import LOOP_GUARD_WINDOW
 from vllm_ngram_style.loop_guard import guard_banned_tokens
 
 
@@ -223,16 +224,6 @@ def test_along_sequence_matches_step_by_step():
     for i in range(len(gen)):
         one = steerer.apply(z[i:i + 1].clone(), [st], [steerer.context(prompt, gen[:i])], [steerer.history(gen[:i])])
         assert torch.equal(seq[i], one[0])
-
-
-def test_loop_guard_window_matches_plugin():
-    import importlib.util
-
-    if importlib.util.find_spec("vllm_ngram_style.steering_core") is None:
-        pytest.skip("steering_core not present")
-    from vllm_ngram_style.loop_guard import LOOP_GUARD_WINDOW as plugin_window
-
-    assert plugin_window == LOOP_GUARD_WINDOW
 
 
 def test_row_steerer_matches_steering_core():

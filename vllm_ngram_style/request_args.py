@@ -56,6 +56,14 @@ class StyleRequest:
     loop_guard: int = 0  # 0 = off, else the n-gram size
     loop_penalty: float = 0.0  # nats per unit of strength below the unsteered logit, for guarded tokens
 
+    def to_extra_args(self) -> dict:
+        """The request extras that parse back to this request (what a client sends)."""
+        extra = {KEY_STYLE: self.style, KEY_STRENGTH: float(self.strength), KEY_MODE: self.mode,
+                 KEY_ADAPTIVE: int(self.adaptive), KEY_LOOP_GUARD: int(self.loop_guard)}
+        if self.loop_penalty:
+            extra[KEY_LOOP_PENALTY] = float(self.loop_penalty)
+        return extra
+
     @property
     def guard_penalty_nats(self) -> float:
         """How far below its unsteered logit a guarded token goes: the raw strength (not the

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .metrics import js_divergence_bits
-from .steer import LOOP_GUARD_WINDOW, RowSteerer, Steer
+from ..loop_guard import LOOP_GUARD_WINDOW
+from .steer import RowSteerer, Steer
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The style / fluency frontier: how much style each family buys for how much base perplexity.
 
-The goal (report.GOAL) asks for a >= 50% style-perplexity cut at <= +10% base perplexity and
+The goal (aggregate.GOAL) asks for a >= 50% style-perplexity cut at <= +10% base perplexity and
 <= +0.05 repetition. Plotting every configuration as (base ppl / unsteered, style ppl /
 unsteered) shows at a glance whether any strength of any family enters that box, and how far the
 corpus's own text (evaluation.anchor) lies from it: the frontier's far end.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .report import FAMILY_STYLE, GOAL, family_curve
+from .aggregate import FAMILY_STYLE, GOAL, family_curve
 
 FRONTIER_FAMILIES = ("prompt", *FAMILY_STYLE)
 

@@ -1,15 +1,14 @@
-"""Per-step steering of logits rows in plain torch, for the evaluation (not the serving path).
+"""Per-step steering of logits rows for the evaluation, through the product's own SteeringCore.
 
-It reproduces what the vLLM processor does to one decoding step of a row, from the same pieces
-(ReferenceSteering, adaptive_scale, the loop guard), so that it can
+The evaluation needs the plugin's steering outside vLLM, to
 - drive the transformers generation backend (tests, and a fallback without vLLM), and
 - re-create, position by position, the steering a generated sequence received, for the
   Jensen-Shannon divergence between the unsteered and steered next-token distributions.
-Row semantics (as in vllm_ngram_style.vllm_v1):
+It does not re-implement any rule: a request's arguments are a StyleRequest (request_args.py),
+and every step goes through SteeringCore.apply with the rows' contexts and loop-guard windows,
+exactly as the V1 adapter gathers them (adapters/v1.py):
 - context: the last max_order-1 tokens of prompt + generated-so-far, right-aligned, -1 padded;
-- adaptive: strength *= H(softmax(z)) / log V of the row's unsteered logits at that step;
-- loop guard g: tokens that would repeat a g-gram of the row's last LOOP_GUARD_WINDOW GENERATED
-  tokens (the prompt is not part of the window) keep their unsteered logit.
+- loop-guard window: the row's last LOOP_GUARD_WINDOW GENERATED tokens (not the prompt).
 """
 from __future__ import annotations
 
@@ -17,91 +16,66 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adaptive import adaptive_scale
-from ..loop_guard import capture_banned, guard_banned_tokens, restore_banned
-from ..modes import compile_style
-from ..kernels.reference import ReferenceSteering
-
-# Must equal vllm_ngram_style.steering_core.LOOP_GUARD_WINDOW (a test checks when that module exists).
-LOOP_GUARD_WINDOW = 64
+from ..adapters.v1 import last_tokens
+from ..loop_guard import LOOP_GUARD_WINDOW
+from ..request_args import StyleRequest
+from ..steering_core import SteeringCore
 
 
 @dataclass(frozen=True)
-class Steer:
-    """One request's steering: style None means unsteered."""
+class Steer(StyleRequest):
+    """A request's steering as the evaluation states it: a StyleRequest that may be unsteered
+    (style None or strength 0)."""
 
     style: str | None = None
     strength: float = 0.0
-    mode: str = "exact"
-    adaptive: bool = False
-    loop_guard: int = 0
-    loop_penalty: float = 0.0  # nats per unit of strength below unsteered, for guarded tokens
 
     @property
     def active(self) -> bool:
         return self.style is not None and self.strength != 0.0
 
     def extra_args(self) -> dict:
-        """The request's vLLM SamplingParams.extra_args."""
-        if not self.active:
-            return {}
-        extra = {"style": self.style, "style_strength": float(self.strength), "style_mode": self.mode,
-                 "style_adaptive": int(self.adaptive), "style_loop_guard": int(self.loop_guard)}
-        if self.loop_penalty:
-            extra["style_loop_penalty"] = float(self.loop_penalty)
-        return extra
+        """The request's vLLM SamplingParams.extra_args ({} when unsteered)."""
+        return self.to_extra_args() if self.active else {}
 
 
 class RowSteerer:
-    """Applies heterogeneous per-row steering to a [R, V] block of logits."""
+    """Applies heterogeneous per-row steering to a [R, V] block of logits (CPU)."""
 
-    def __init__(self, packs: dict, modes=("exact", "paper")):
-        self.styles = sorted(packs)
-        self.modes = tuple(modes)
-        self.variants = [compile_style(packs[s], m, name=s) for s in self.styles for m in self.modes]
-        self._ids = {(v.name, v.mode): i for i, v in enumerate(self.variants)}
-        self.op = ReferenceSteering(self.variants, "cpu")
-        self.context_len = max(v.max_order for v in self.variants) - 1
+    def __init__(self, packs: dict, modes=("exact", "paper"), backend: str | None = "reference"):
+        self.core = SteeringCore(packs, modes, "cpu", backend)
+        self.context_len = self.core.context_len
 
     def variant_id(self, steer: Steer) -> int:
-        return self._ids[(steer.style, steer.mode)] if steer.active else -1
+        return self.core.variant_id(steer.style, steer.mode) if steer.active else -1
 
     def context(self, prompt: list, generated: list) -> list:
         """Last context_len tokens of prompt + generated, -1 padded on the left."""
-        n = self.context_len
-        tail = (list(prompt) + list(generated))[-n:] if n else []
-        return [-1] * (n - len(tail)) + tail
+        return last_tokens(prompt, generated, self.context_len)
 
     @staticmethod
     def history(generated: list) -> list:
-        w = LOOP_GUARD_WINDOW
-        tail = list(generated[-w:])
-        return [-1] * (w - len(tail)) + tail
+        """The loop guard's window: the last LOOP_GUARD_WINDOW generated tokens, -1 padded on the left."""
+        return last_tokens(None, generated, LOOP_GUARD_WINDOW)
 
     def apply(self, logits: torch.Tensor, steers: list, contexts: list, histories: list) -> torch.Tensor:
         """In place on logits [R, V] (float32): row r gets steers[r] with context contexts[r]
-        ([context_len] ids) and loop-guard history histories[r] ([LOOP_GUARD_WINDOW] ids)."""
+        ([context_len] ids) and loop-guard window histories[r] ([LOOP_GUARD_WINDOW] ids)."""
         r = logits.shape[0]
         variant = torch.tensor([self.variant_id(s) for s in steers], dtype=torch.int64)  # [R]
-        strength = torch.tensor([s.strength if s.active else 0.0 for s in steers], dtype=torch.float32)  # [R]
         if not bool((variant >= 0).any()):
             return logits
+        active = [s.active for s in steers]
+        strength = torch.tensor([s.strength if a else 0.0 for s, a in zip(steers, active)], dtype=torch.float32)  # [R]
+        adaptive = torch.tensor([s.adaptive and a for s, a in zip(steers, active)], dtype=torch.bool)  # [R]
+        guard = torch.tensor([s.loop_guard if a else 0 for s, a in zip(steers, active)], dtype=torch.int32)  # [R]
+        sizes = sorted({int(g) for g in guard.tolist() if g})
         # [R] nats, from the request's own strength (not the adaptive one), as the plugin does
-        penalty = torch.tensor([s.strength * s.loop_penalty if s.active else 0.0 for s in steers], dtype=torch.float32)
-        if any(s.adaptive and s.active for s in steers):
-            adaptive = torch.tensor([s.adaptive for s in steers], dtype=torch.bool)  # [R]
-            strength = torch.where(adaptive, strength * adaptive_scale(logits), strength)
-        ctx = torch.tensor(contexts, dtype=torch.int64).reshape(r, self.context_len)  # [R, m]
-        saved = []
-        for g in sorted({s.loop_guard for s in steers if s.active and s.loop_guard}):
-            own = torch.tensor([s.active and s.loop_guard == g for s in steers])[:, None]  # [R, 1]
-            hist = torch.tensor(histories, dtype=torch.int64).reshape(r, LOOP_GUARD_WINDOW)  # [R, W]
-            banned = guard_banned_tokens(torch.where(own, hist, torch.full_like(hist, -1)), g)
-            saved.append((banned, capture_banned(logits, banned)))
-        self.op.apply(logits, variant, strength, ctx)
-        for banned, before in saved:
-            restore_banned(logits, banned, before - penalty.to(before.dtype)[:, None])
-        return logits
+        penalty = torch.tensor([s.guard_penalty_nats if a else 0.0 for s, a in zip(steers, active)], dtype=torch.float32)
+        context = torch.tensor(contexts, dtype=torch.int64).reshape(r, self.context_len)  # [R, m]
+        history = torch.tensor(histories, dtype=torch.int64).reshape(r, LOOP_GUARD_WINDOW) if sizes else None  # [R, W]
+        return self.core.apply(logits, variant, strength, context, adaptive if bool(adaptive.any()) else None,
+                               guard if sizes else None, sizes, history, penalty if bool(penalty.any()) else None)
 
     def along_sequence(self, logits: torch.Tensor, steer: Steer, prompt: list, generated: list) -> torch.Tensor:
         """logits [T, V]: the unsteered logits before each of the T generated tokens. Returns the
