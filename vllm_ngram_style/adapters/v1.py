@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ..engine import build_core, parse_in_engine
@@ -41,6 +42,26 @@ class SteeredRow:
     req: StyleRequest
     prompt: list | None  # prompt token ids (vLLM's list, never copied)
     output: list  # live list of generated ids; vLLM appends to it
+    window: np.ndarray | None = None  # [LOOP_GUARD_WINDOW] int64 last generated ids, right-aligned, -1 padded
+    seen: int = 0  # len(output) when the window was last brought up to date
+
+    def recent(self) -> np.ndarray:
+        """The loop guard's window, updated with the tokens generated since the last step (usually
+        one), so a step costs O(new tokens) per row instead of copying the whole window from Python."""
+        w = LOOP_GUARD_WINDOW
+        if self.window is None:
+            self.window = np.full(w, -1, dtype=np.int64)
+        n = len(self.output)
+        k = n - self.seen
+        if k >= w or k < 0:
+            tail = self.output[-w:]
+            self.window[:] = -1
+            self.window[w - len(tail):] = tail
+        elif k:
+            self.window[:-k] = self.window[k:]
+            self.window[-k:] = self.output[n - k:n]
+        self.seen = n
+        return self.window
 
 
 @dataclass
@@ -55,6 +76,8 @@ class BatchTensors:
     adaptive: torch.Tensor | None  # [B] bool, None when no row asks (device)
     guard: torch.Tensor | None  # [B] int32 n-gram size, 0 off; None when no row asks (device)
     guard_sizes: list  # the distinct nonzero guard sizes
+    guarded: list  # [G] SteeredRow of the rows with a loop guard, in row order
+    guarded_index: np.ndarray  # [G] int64 their batch rows
     penalty: torch.Tensor | None  # [B] float32 nats below unsteered for guarded tokens; None if all 0
 
 
@@ -126,6 +149,8 @@ class V1StyleProcessor:
                 if any(r.req.adaptive for r in rows) else None,
                 guard=full([r.req.loop_guard for r in rows], 0, torch.int32) if sizes else None,
                 guard_sizes=sizes,
+                guarded=[r for r in rows if r.req.loop_guard],
+                guarded_index=np.array([i for i, r in zip(idx, rows) if r.req.loop_guard], dtype=np.int64),
                 penalty=full([r.req.guard_penalty_nats for r in rows], 0.0, torch.float32)
                 if any(r.req.loop_penalty for r in rows) else None)
         return self._tensors
@@ -154,15 +179,15 @@ class V1StyleProcessor:
         context = self._buffer("context", (t.batch, n))  # [B, max_order-1]
         context.fill_(-1)
         if n:
-            context[t.index] = torch.tensor([last_tokens(r.prompt, r.output, n) for r in t.rows],
-                                            dtype=torch.int64).reshape(len(t.rows), n)
+            # numpy builds the [S, n] block from Python ints several times faster than torch.tensor
+            context.numpy()[t.index.numpy()] = np.array([last_tokens(r.prompt, r.output, n) for r in t.rows],
+                                                        dtype=np.int64).reshape(len(t.rows), n)
         history = None
         if t.guard_sizes:
-            w = LOOP_GUARD_WINDOW
-            history = self._buffer("history", (t.batch, w))  # [B, W] recent generated tokens
-            history.fill_(-1)
-            history[t.index] = torch.tensor([[-1] * (w - len(r.output[-w:])) + list(r.output[-w:]) for r in t.rows],
-                                            dtype=torch.int64)
+            # [B, W] recent generated tokens. Only guarded rows are written: the core masks every other
+            # row's history (guard 0), so stale values there are never read.
+            history = self._buffer("history", (t.batch, LOOP_GUARD_WINDOW))
+            history.numpy()[t.guarded_index] = np.stack([r.recent() for r in t.guarded])
             history = self._to_device(history)
         return self.core.apply(logits, t.variant, t.strength, self._to_device(context), t.adaptive, t.guard,
                                t.guard_sizes, history, t.penalty)
