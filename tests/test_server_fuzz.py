@@ -21,6 +21,7 @@ httpx = pytest.importorskip("httpx")
 MAX_ERROR_BODY = 2048
 MIN_MALFORMED = 300
 BURST = 32
+VALID_EVERY = 12  # one valid request after every 11 malformed ones
 
 
 class Raw:
@@ -98,18 +99,18 @@ def malformed_requests():
 
 
 VALID = [  # (path, body, what must stay identical)
-    ("/v1/completions", {"model": "tiny", "prompt": [54, 274, 291, 292, 262], "max_tokens": 10, "temperature": 0,
+    ("/v1/completions", {"model": "tiny", "prompt": [54, 274, 291, 292, 262], "max_tokens": 8, "temperature": 0,
                          "return_token_ids": True}),
-    ("/v1/completions", {"model": "tiny", "prompt": "The squire and the lady", "max_tokens": 10, "temperature": 0,
+    ("/v1/completions", {"model": "tiny", "prompt": "The squire and the lady", "max_tokens": 8, "temperature": 0,
                          "return_token_ids": True, "vllm_xargs": {"style": "alpha", "style_strength": 1.5}}),
-    ("/v1/completions", {"model": "tiny", "prompt": "Market price", "max_tokens": 10, "temperature": 0,
+    ("/v1/completions", {"model": "tiny", "prompt": "Market price", "max_tokens": 8, "temperature": 0,
                          "return_token_ids": True,
                          "vllm_xargs": {"style": "beta", "style_strength": 1.2, "style_mode": "paper",
                                         "style_adaptive": True, "style_loop_guard": 2, "style_loop_penalty": 3}}),
     ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}],
-                              "max_tokens": 10, "temperature": 0, "vllm_xargs": {"style": "beta"}}),
+                              "max_tokens": 8, "temperature": 0, "vllm_xargs": {"style": "beta"}}),
     ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}],
-                              "max_tokens": 10, "temperature": 0, "stream": True,
+                              "max_tokens": 8, "temperature": 0, "stream": True,
                               "vllm_xargs": {"style": "alpha", "style_strength": 2}}),
 ]
 
@@ -141,7 +142,7 @@ def test_fuzz_malformed_style_arguments(style_server):
     jobs, valid_cycle = [], itertools.cycle(range(len(VALID)))
     for i, (key, path, body) in enumerate(bad):
         jobs.append((("bad", key), path, body))
-        if i % 10 == 9:
+        if i % VALID_EVERY == VALID_EVERY - 1:
             v = next(valid_cycle)
             jobs.append((("valid", v), *VALID[v]))
     log_before = style_server.log.stat().st_size
@@ -164,7 +165,7 @@ def test_fuzz_malformed_style_arguments(style_server):
         known = detail in KNOWN_KEYS  # an unknown key is named in the message only (it may be huge)
         assert error["param"] == ("vllm_xargs." + detail if known else "vllm_xargs"), (detail, error)
         assert error["type"] == "BadRequestError" and error["code"] == 400
-    assert n_bad == len(bad) >= MIN_MALFORMED and n_valid == len(bad) // 10
+    assert n_bad == len(bad) >= MIN_MALFORMED and n_valid == len(bad) // VALID_EVERY
 
     assert style_server.proc.poll() is None
     assert httpx.get(base + "/health", timeout=10).status_code == 200
