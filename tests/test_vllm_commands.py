@@ -104,6 +104,16 @@ def test_serve_checks_packs_before_loading_the_tokenizer(tiny_model_dir, packs, 
         assert rc == 2 and message in err and "AssertionError" not in err, err
 
 
+def test_serve_reports_a_bad_pack_without_importing_torch(tiny_model_dir, tmp_path):
+    """Well under a second: neither the tokenizer nor torch (seconds to import) is loaded first."""
+    code = ("import sys\nfrom vllm_ngram_style.cli import main\n"
+            f"rc = main(['serve', {tiny_model_dir!r}, '--style', 'bad={tmp_path}/none.stylepack', '--check'])\n"
+            "print(rc, [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr[-2000:]
+    assert "style 'bad': style pack not found" in proc.stderr
+
+
 @pytest.mark.parametrize("argv,found", [
     (["--speculative-config", "{}"], ["--speculative-config"]),
     (['--speculative-config={"method": "ngram"}'], ["--speculative-config"]),
