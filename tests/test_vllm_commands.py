@@ -10,7 +10,8 @@ from helpers import train_test_packs
 
 from vllm_ngram_style.cli import main
 from vllm_ngram_style.commands.generate import render
-from vllm_ngram_style.commands.serve import _strip
+from vllm_ngram_style.commands.serve import MIDDLEWARE, _strip, speculative_flags
+from vllm_ngram_style.config import ENV_CONFIG, read_config
 from vllm_ngram_style.launch import PROCESSOR_CLASS
 
 
@@ -19,8 +20,16 @@ def packs(tiny_model_dir, tmp_path_factory):
     return train_test_packs(tiny_model_dir, tmp_path_factory.mktemp("cmd_packs"))
 
 
+def _started(out: str):
+    """The command `serve --check` prints: -> (environment {NAME: value}, argv)."""
+    words = shlex.split(out.split("starting: ", 1)[1].splitlines()[0])
+    env = dict(w.split("=", 1) for w in words[:1])
+    return env, words[1:]
+
+
 def test_serve_check_prints_the_vllm_command(tiny_model_dir, packs, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     conf = tmp_path / "styles.json"
     conf.write_text(json.dumps({"styles": {"gamma": packs["beta"]}}))
     rc = main(["serve", tiny_model_dir, "--style", f"alpha={packs['alpha']}", "--port", "8011",
@@ -28,22 +37,27 @@ def test_serve_check_prints_the_vllm_command(tiny_model_dir, packs, capsys, monk
                "--additional-config", '{"other": 1}', "--logits-processors", "x.y:Z", "--check"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    cmd = shlex.split(out.split("starting: ", 1)[1])
+    env, cmd = _started(out)
     assert cmd[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir]
     i = cmd.index("--logits-processors")
     assert cmd[i + 1:i + 3] == ["x.y:Z", PROCESSOR_CLASS]  # one class for both model runners: no guessing
+    assert cmd[cmd.index("--middleware") + 1] == MIDDLEWARE
     assert "--port" in cmd and "--dtype" in cmd and "--check" not in cmd and "--style" not in cmd
     assert cmd.count("--additional-config") == 1
-    additional = json.loads(cmd[cmd.index("--additional-config") + 1])
-    assert additional == {"other": 1, "ngram_style": {"styles": {"alpha": packs["alpha"], "gamma": packs["beta"]},
-                                                      "modes": ["exact"]}}
+    assert json.loads(cmd[cmd.index("--additional-config") + 1]) == {"other": 1}  # the styles travel in the file
+    # the resolved configuration: absolute pack paths and modes, read back the engine's way
+    path = env[ENV_CONFIG]
+    assert path.startswith(str(tmp_path / "cache")) and os.path.isabs(path)
+    cfg = read_config(None, {ENV_CONFIG: path})
+    assert cfg.styles == {"alpha": packs["alpha"], "gamma": packs["beta"]} and cfg.modes == ("exact",)
     assert "alpha" in out and "gamma" in out
     # CPU: chunked prefill off (seeded requests would crash vLLM 0.32's CPU runner), unless chosen
     assert cmd[-1] == "--no-enable-chunked-prefill"
     assert main(["serve", tiny_model_dir, "--style", f"alpha={packs['alpha']}", "--enable-chunked-prefill",
                  "--check"]) == 0
-    cmd = shlex.split(capsys.readouterr().out.split("starting: ", 1)[1])
+    env2, cmd = _started(capsys.readouterr().out)
     assert "--no-enable-chunked-prefill" not in cmd and "--enable-chunked-prefill" in cmd
+    assert "--additional-config" not in cmd and env2[ENV_CONFIG] != path  # another configuration, another file
 
 
 @pytest.mark.parametrize("argv_tail,message", [
@@ -52,6 +66,7 @@ def test_serve_check_prints_the_vllm_command(tiny_model_dir, packs, capsys, monk
     (["--style", "alpha=A", "--modes", "exact,fancy"], "unknown mode fancy"),
     ([], "no styles: give --style NAME=PATH.stylepack"),
     (["--style", "alpha=A", "--speculative-config", "{}"], "does not support speculative decoding"),
+    (["--style", "alpha=A", "--spec-tokens=3"], "does not support speculative decoding"),
     (["--style", "alpha=A", "--model", "x"], "give the model as the first argument"),
     (["--style", "alpha=A", "--additional-config", "{bad"], "--additional-config is not valid JSON"),
     (["--style-config", "/nonexistent/conf.json"], "config file not found"),
@@ -68,7 +83,64 @@ def test_serve_refuses_pack_of_another_tokenizer(packs, tmp_path, capsys):
 
     other = build_tiny_tokenizer(str(tmp_path / "other"), vocab_size=300)
     assert main(["serve", other, "--style", f"alpha={packs['alpha']}", "--check"]) == 2
-    assert "was trained with another tokenizer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was trained with another tokenizer" in err
+    assert "style 'alpha': " in err and f"(pack file: {packs['alpha']})" in err  # the style and its pack's path
+
+
+def test_serve_checks_packs_before_loading_the_tokenizer(tiny_model_dir, packs, tmp_path, capsys, monkeypatch):
+    """A missing or corrupt pack fails before the (slow) tokenizer fingerprint is even started."""
+    from vllm_ngram_style import engine
+
+    def no_tokenizer(*a, **k):
+        raise AssertionError("the tokenizer was loaded before the packs were checked")
+
+    monkeypatch.setattr(engine, "tokenizer_identity", no_tokenizer)
+    corrupt = tmp_path / "corrupt.stylepack"
+    corrupt.write_bytes(open(packs["alpha"], "rb").read()[:300])
+    for pack, message in ((str(corrupt), "style 'bad': "), ("/nonexistent.stylepack", "style pack not found")):
+        rc = main(["serve", tiny_model_dir, "--style", f"alpha={packs['alpha']}", "--style", f"bad={pack}", "--check"])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "AssertionError" not in err, err
+
+
+def test_serve_reports_a_bad_pack_without_importing_torch(tiny_model_dir, tmp_path):
+    """Well under a second: neither the tokenizer nor torch (seconds to import) is loaded first."""
+    code = ("import sys\nfrom vllm_ngram_style.cli import main\n"
+            f"rc = main(['serve', {tiny_model_dir!r}, '--style', 'bad={tmp_path}/none.stylepack', '--check'])\n"
+            "print(rc, [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr[-2000:]
+    assert "style 'bad': style pack not found" in proc.stderr
+
+
+@pytest.mark.parametrize("argv,found", [
+    (["--speculative-config", "{}"], ["--speculative-config"]),
+    (['--speculative-config={"method": "ngram"}'], ["--speculative-config"]),
+    (["--speculative_config", "{}"], ["--speculative_config"]),
+    (["--speculative-config.method", "ngram"], ["--speculative-config.method"]),
+    (["--speculative-config.method=ngram"], ["--speculative-config.method"]),
+    (["-sc", "{}"], ["-sc"]),
+    (['-sc={"method": "ngram"}'], ["-sc"]),
+    (["-sc.method", "ngram"], ["-sc"]),
+    (["--spec-method", "ngram"], ["--spec-method"]),
+    (["--spec_method=ngram"], ["--spec_method"]),
+    (["--spec-model", "m", "--spec-tokens", "3"], ["--spec-model", "--spec-tokens"]),
+    (["--spec-tokens=3"], ["--spec-tokens"]),
+    (["--spec-tok", "3"], ["--spec-tok"]),  # argparse takes unambiguous prefixes
+    (["--specu", "{}"], ["--specu"]),
+    (["--specialize-active-lora", "--per-request-spec-decode-metrics", "--port", "8000"], []),
+])
+def test_speculative_flags_every_spelling(argv, found):
+    assert speculative_flags(argv) == found
+
+
+def test_serve_refuses_speculative_decoding_in_vllm_config_file(tiny_model_dir, packs, tmp_path, capsys):
+    conf = tmp_path / "vllm.yaml"
+    conf.write_text("port: 8000\nspeculative_config:\n  method: ngram\n  num_speculative_tokens: 3\n")
+    rc = main(["serve", tiny_model_dir, "--style", f"alpha={packs['alpha']}", "--config", str(conf), "--check"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not support speculative decoding" in err and "speculative_config (in " in err, err
 
 
 def test_strip_options():

@@ -13,7 +13,6 @@ import os
 from .config import StyleConfig, config_from_vllm_config
 from .errors import ConfigError, RequestError, StylePackError
 from .request_args import StyleRequest, parse_request_args
-from .steering_core import SteeringCore
 from .validation import register_active
 
 logger = logging.getLogger(__name__)
@@ -76,6 +75,8 @@ def build_core(vllm_config, device, backend: str | None = None):
     mc = vllm_config.model_config
     packs = load_styles(cfg, mc.tokenizer or mc.model, getattr(mc, "tokenizer_revision", None),
                         bool(getattr(mc, "trust_remote_code", False)), where="the served model")
+    from .steering_core import SteeringCore  # here, not at the top: serve's pack checks must not wait for torch
+
     core = SteeringCore(packs, cfg.modes, device, backend)
     register_active(cfg)
     logger.info("vllm-ngram-style: styles %s; modes %s; %s op on %s", ", ".join(core.styles),

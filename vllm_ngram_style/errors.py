@@ -22,4 +22,10 @@ class ConfigError(NgramStyleError):
 
 
 class RequestError(NgramStyleError):
-    """A request's style arguments are invalid (unknown style, bad strength, unknown key)."""
+    """A request's style arguments are invalid (unknown style, bad strength, unknown key).
+
+    ``key`` names the offending argument (e.g. "style_strength") when there is one."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key

@@ -15,15 +15,19 @@ Request extras (OpenAI: ``"vllm_xargs": {...}``; offline: ``SamplingParams(extra
     style_loop_penalty  with the loop guard, push such a token DOWN by strength x this many nats
                       below its unsteered logit (finite, 0..MAX_LOOP_PENALTY; default 0 = no boost only)
 
-Every bad value raises RequestError (a ValueError, so vLLM answers HTTP 400 with the message).
+Every bad value raises RequestError (a ValueError, so vLLM answers HTTP 400 with the message); its
+``key`` names the argument, and messages quote bad values briefly (quoting.brief).
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .errors import RequestError
+from .quoting import HugeInteger, brief, kind, listing
 
 KEY_STYLE = "style"
 KEY_STRENGTH = "style_strength"
@@ -43,6 +47,9 @@ DEFAULT_MODE = "exact"
 MIN_LOOP_GUARD, MAX_LOOP_GUARD = 2, 8
 # strength x penalty is subtracted from a logit; at MAX_STRENGTH x 20 = 100 nats a repeat is banned
 MAX_LOOP_PENALTY = 20.0
+MAX_NAMES_LISTED = 10  # configured styles/modes named in an error message
+# int() refuses longer literals (Python >= 3.11, CVE-2020-10735); 4300 where the limit is off (0)
+_INT_DIGITS_LIMIT = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300
 
 
 @dataclass(frozen=True)
@@ -78,18 +85,30 @@ def is_style_key(key: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     # bool is an int subclass; a strength of True is a client bug, not 1.0.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float, HugeInteger)) and not isinstance(value, bool)
+
+
+def _bounded_number(key: str, value: Any, hi: float, what: str) -> float:
+    """A finite number in [0, hi]. Integers are range-checked before float(), which overflows
+    beyond ~1e308 (a RequestError, never an OverflowError, also in the engine)."""
+    if not _is_number(value):
+        raise RequestError(f"{key} must be {what}, got {kind(value)} {brief(value)}", key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"{key} must be a finite number, got {brief(value)}", key)
+    if isinstance(value, HugeInteger) or not 0 <= value <= hi:
+        raise RequestError(f"{key} must be between 0 and {hi:g}, got {brief(value)}", key)
+    return float(value)
 
 
 def _strength(value: Any) -> float:
-    if not _is_number(value):
-        raise RequestError(f"{KEY_STRENGTH} must be a number, got {type(value).__name__} {value!r}")
-    x = float(value)
-    if not math.isfinite(x):
-        raise RequestError(f"{KEY_STRENGTH} must be a finite number, got {value!r}")
-    if not 0.0 <= x <= MAX_STRENGTH:
-        raise RequestError(f"{KEY_STRENGTH} must be between 0 and {MAX_STRENGTH:g}, got {value!r}")
-    return x
+    return _bounded_number(KEY_STRENGTH, value, MAX_STRENGTH, "a number")
+
+
+def _loop_penalty(value: Any) -> float:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"{KEY_LOOP_PENALTY} must be a finite number, got {kind(value)} {brief(value)}",
+                           KEY_LOOP_PENALTY)
+    return _bounded_number(KEY_LOOP_PENALTY, value, MAX_LOOP_PENALTY, "a finite number")
 
 
 def _switch(value: Any) -> bool:
@@ -99,36 +118,36 @@ def _switch(value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise RequestError(f"{KEY_ADAPTIVE} must be 0 or 1 (or true/false), got {type(value).__name__} {value!r}")
+    raise RequestError(f"{KEY_ADAPTIVE} must be 0 or 1 (or true/false), got {kind(value)} {brief(value)}",
+                       KEY_ADAPTIVE)
 
 
 def _loop_guard(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, (int, HugeInteger)):
         raise RequestError(f"{KEY_LOOP_GUARD} must be an integer (0 = off, or an n-gram size "
-                           f"{MIN_LOOP_GUARD}..{MAX_LOOP_GUARD}), got {type(value).__name__} {value!r}")
-    if value != 0 and not MIN_LOOP_GUARD <= value <= MAX_LOOP_GUARD:
+                           f"{MIN_LOOP_GUARD}..{MAX_LOOP_GUARD}), got {kind(value)} {brief(value)}", KEY_LOOP_GUARD)
+    if isinstance(value, HugeInteger) or (value != 0 and not MIN_LOOP_GUARD <= value <= MAX_LOOP_GUARD):
         raise RequestError(f"{KEY_LOOP_GUARD} must be 0 (off) or an n-gram size "
-                           f"{MIN_LOOP_GUARD}..{MAX_LOOP_GUARD}, got {value!r}")
+                           f"{MIN_LOOP_GUARD}..{MAX_LOOP_GUARD}, got {brief(value)}", KEY_LOOP_GUARD)
     return value
 
 
-def _loop_penalty(value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)):
-        raise RequestError(f"{KEY_LOOP_PENALTY} must be a finite number, got {type(value).__name__} {value!r}")
-    x = float(value)
-    if not 0.0 <= x <= MAX_LOOP_PENALTY:
-        raise RequestError(f"{KEY_LOOP_PENALTY} must be between 0 and {MAX_LOOP_PENALTY:g}, got {value!r}")
-    return x
+def _offered(allowed: Sequence[str]) -> str:
+    return listing(sorted(allowed), limit=MAX_NAMES_LISTED) or "(none configured)"
 
 
 def _choice(key: str, value: Any, allowed: Sequence[str], what: str) -> str:
-    listing = ", ".join(sorted(allowed)) or "(none configured)"
     if not isinstance(value, str):
-        raise RequestError(f"{key} must be a string naming a {what}, got {type(value).__name__} {value!r}; "
-                           f"this server offers: {listing}")
+        raise RequestError(f"{key} must be a string naming a {what}, got {kind(value)} {brief(value)}; "
+                           f"this server offers: {_offered(allowed)}", key)
     if value not in allowed:
-        raise RequestError(f"unknown {what} {value!r} ({key}); this server offers: {listing}")
+        raise RequestError(f"unknown {what} {brief(value)} ({key}); this server offers: {_offered(allowed)}", key)
     return value
+
+
+def _style(value: Any, styles: Sequence[str]) -> str:
+    # One name today; blends ("austen:0.5,news:0.2" or a list) will be parsed here.
+    return _choice(KEY_STYLE, value, styles, "style")
 
 
 def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[str],
@@ -136,7 +155,10 @@ def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[st
     """Validate a request's extras against the server's styles and modes.
 
     Returns None for an unsteered request (no ``style`` key), else the parsed arguments. Keys
-    that do not start with ``style`` belong to other features and are ignored.
+    that do not start with ``style`` belong to other features and are ignored. The one parser of
+    the rules: validate_params and the engine call it with SamplingParams.extra_args (after vLLM's
+    conversions), the HTTP middleware with the raw JSON (loads_request_json), where booleans are
+    still booleans and a too-long integer is a HugeInteger.
     """
     if not extra_args:
         return None
@@ -146,15 +168,16 @@ def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[st
     unknown = sorted(k for k in ours if k not in KNOWN_KEYS)
     if unknown:
         raise RequestError(f"unknown style argument{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_KEYS)}")
+                           f"{listing(unknown, quote=True)}; known: {', '.join(KNOWN_KEYS)}", unknown[0])
     if KEY_STYLE not in ours:
         raise RequestError(f"{', '.join(sorted(ours))} given without {KEY_STYLE!r}; name a style "
-                           f"(one of: {', '.join(sorted(styles)) or '(none configured)'})")
-    style = _choice(KEY_STYLE, ours[KEY_STYLE], styles, "style")
+                           f"(one of: {_offered(styles)})", KEY_STYLE)
+    style = _style(ours[KEY_STYLE], styles)
     loop_guard = _loop_guard(ours[KEY_LOOP_GUARD]) if KEY_LOOP_GUARD in ours else 0
     loop_penalty = _loop_penalty(ours[KEY_LOOP_PENALTY]) if KEY_LOOP_PENALTY in ours else 0.0
     if loop_penalty and not loop_guard:
-        raise RequestError(f"{KEY_LOOP_PENALTY} needs {KEY_LOOP_GUARD} (the n-gram size that defines a repeat)")
+        raise RequestError(f"{KEY_LOOP_PENALTY} needs {KEY_LOOP_GUARD} (the n-gram size that defines a repeat)",
+                           KEY_LOOP_PENALTY)
     return StyleRequest(
         style=style,
         strength=_strength(ours[KEY_STRENGTH]) if KEY_STRENGTH in ours else DEFAULT_STRENGTH,
@@ -163,6 +186,23 @@ def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[st
         loop_guard=loop_guard,
         loop_penalty=loop_penalty,
     )
+
+
+def loads_request_json(body: bytes | str) -> Any:
+    """json.loads for a raw request body, keeping what vLLM's pydantic layer erases before
+    parse_request_args sees SamplingParams.extra_args: booleans stay booleans, and an integer
+    too long for int() becomes a HugeInteger instead of failing the whole body. Raises
+    ValueError (malformed JSON) or RecursionError (nesting deeper than Python's limit)."""
+    try:
+        return json.loads(body)  # the common case at C speed (a per-integer hook costs 3x on token-id prompts)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # an integer literal beyond int()'s digit limit: parse again, keeping it as a HugeInteger
+        return json.loads(body, parse_int=_json_int)
+
+
+def _json_int(literal: str) -> int | HugeInteger:
+    return int(literal) if len(literal) <= _INT_DIGITS_LIMIT else HugeInteger(literal)
 
 
 def _default_mode(modes: Sequence[str]) -> str:

