@@ -62,7 +62,7 @@ BAD = [
     ({"style": "cervantes"}, r"unknown style 'cervantes' \(style\); this server offers: news, quixote"),
     ({"style": 3}, r"style must be a string naming a style, got int 3"),
     ({"style": ""}, r"unknown style ''"),
-    ({"style": ["quixote"]}, r"style must be a string.*got list"),
+    ({"style": [["quixote"]]}, r"style must be a string.*got list"),  # (a list of names is a blend)
     ({"style_strength": 0.2}, r"style_strength given without 'style'.*news, quixote"),
     ({"style": "quixote", "style_strenght": 0.2}, r"unknown style argument 'style_strenght'; known: style, style_strength"),
     ({"style": "quixote", "style_x": 1, "style_y": 2}, r"unknown style arguments 'style_x', 'style_y'"),
@@ -267,3 +267,61 @@ def test_validate_finds_caller_vllm_config():
     assert _InputProcessor().check(_Params({"style": "kafka"})).style == "kafka"
     with pytest.raises(RequestError, match=r"unknown style 'quixote'.*offers: kafka"):
         _InputProcessor().check(_Params({"style": "quixote"}))
+
+
+# ---- style blends ----------------------------------------------------------------------------------
+
+BLEND_STYLES = ["austen", "news", "quixote", "bible", "kafka"]
+
+
+@pytest.mark.parametrize("extra,components", [
+    ({"style": "austen:0.5,news:0.2"}, (("austen", 0.5), ("news", 0.2))),
+    ({"style": " austen : 0.5 , news:0.2 "}, (("austen", 0.5), ("news", 0.2))),
+    ({"style": "austen,news", "style_strength": 0.4}, (("austen", 0.4), ("news", 0.4))),
+    ({"style": "austen,news"}, (("austen", 0.3), ("news", 0.3))),
+    ({"style": "austen:1.5"}, (("austen", 1.5),)),
+    ({"style": ["austen", "news"], "style_strength": [0.5, 0.2]}, (("austen", 0.5), ("news", 0.2))),
+    ({"style": ["austen", "news", "quixote", "bible"], "style_strength": 1}, tuple((n, 1.0) for n in BLEND_STYLES[:4])),
+    ({"style": ["kafka"]}, (("kafka", 0.3),)),
+    ({"style": "news:0,austen:0.7"}, (("news", 0.0), ("austen", 0.7))),
+])
+def test_blends_parse(extra, components):
+    req = parse_request_args(extra, BLEND_STYLES)
+    assert req.components == components
+    assert req.style == components[0][0] and req.strength == components[0][1]
+    assert req.total_strength == pytest.approx(sum(s for _, s in components))
+    assert parse_request_args(req.to_extra_args(), BLEND_STYLES) == req  # what a client sends back parses equal
+
+
+@pytest.mark.parametrize("extra,key,message", [
+    ({"style": "austen:0.5,poe:0.2"}, "style", r"unknown style 'poe' \(style\)"),
+    ({"style": ["austen", "poe"]}, "style", r"unknown style 'poe'"),
+    ({"style": "austen:0.5,austen:0.2"}, "style", r"names 'austen' more than once"),
+    ({"style": ["news", "news"]}, "style", r"names 'news' more than once"),
+    ({"style": "austen,news,quixote,bible,kafka"}, "style", r"blends 5 styles; at most 4"),
+    ({"style": BLEND_STYLES + ["austen"]}, "style", r"blends 6 styles; at most 4"),
+    ({"style": "austen:nan,news:0.1"}, "style", r"strength of 'austen' in style must be between 0 and 5, got 'nan'"),
+    ({"style": "austen:inf,news:0.1"}, "style", r"between 0 and 5, got 'inf'"),
+    ({"style": "austen:6,news:0.1"}, "style", r"between 0 and 5, got '6'"),
+    ({"style": "austen:-1"}, "style", r"between 0 and 5, got '-1'"),
+    ({"style": "austen:lots"}, "style", r"must be a number, got 'lots'"),
+    ({"style": ["austen", "news"], "style_strength": [0.5, float("nan")]}, "style_strength", r"finite number, got nan"),
+    ({"style": ["austen", "news"], "style_strength": [0.5, 7]}, "style_strength", r"between 0 and 5, got 7"),
+    ({"style": ["austen", "news"], "style_strength": [0.5, True]}, "style_strength", r"must be a number, got bool True"),
+    ({"style": "austen:0.5,news:0.2", "style_strength": 0.3}, "style_strength", r"strengths given twice"),
+    ({"style": "austen:0.5,news", "style_strength": 0.3}, "style", r"give every style of a blend a strength"),
+    ({"style": ["austen", "news"], "style_strength": [0.5]}, "style_strength", r"lists 1 strength for 2 styles"),
+    ({"style": "austen,news", "style_strength": [0.5, 0.2]}, "style_strength", r"style_strength must be a number, got list"),
+    ({"style": []}, "style", r"names no style"),
+    ({"style": ",", "style_strength": 0.2}, "style", r"unknown style ''"),
+])
+def test_bad_blends_name_the_problem(extra, key, message):
+    with pytest.raises(RequestError, match=message) as err:
+        parse_request_args(extra, BLEND_STYLES)
+    assert err.value.key == key
+
+
+def test_blend_penalty_scales_with_the_whole_blend():
+    req = parse_request_args({"style": "austen:0.5,news:0.2", "style_loop_guard": 3, "style_loop_penalty": 2.0},
+                             BLEND_STYLES)
+    assert req.guard_penalty_nats == pytest.approx(0.7 * 2.0)

@@ -92,4 +92,4 @@ def parse_in_engine(params, cfg) -> StyleRequest | None:
     except RequestError as exc:
         logger.error("vllm-ngram-style: unvalidated bad style arguments, request left unsteered: %s", exc)
         return None
-    return None if req is None or req.strength == 0.0 else req  # strength 0 is exactly unsteered
+    return None if req is None or req.total_strength == 0.0 else req  # strength 0 is exactly unsteered

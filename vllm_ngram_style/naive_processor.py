@@ -99,8 +99,16 @@ class NaiveStyleLogitsProcessor(AdapterLogitsProcessor):
         from .request_args import parse_request_args
 
         req = parse_request_args(getattr(params, "extra_args", None), self.cfg.names, self.cfg.modes)
-        if req is None or req.strength == 0.0:
+        if req is None or req.total_strength == 0.0:
             return None
         # The plugin keeps strengths in float32; rounding here keeps the two bit-comparable.
-        strength = float(np.float32(req.strength))
-        return partial(steer_row, self.tables[(req.style, req.mode)], strength)
+        parts = [partial(steer_row, self.tables[(name, req.mode)], float(np.float32(w))) for name, w in req.components]
+        if len(parts) == 1:
+            return parts[0]
+
+        def blend(prompt_ids, output_ids, logits_row):  # a blend: each style's own edit, one after another
+            for part in parts:
+                logits_row = part(prompt_ids, output_ids, logits_row)
+            return logits_row
+
+        return blend

@@ -6,8 +6,11 @@ style names and modes) is passed in.
 
 Request extras (OpenAI: ``"vllm_xargs": {...}``; offline: ``SamplingParams(extra_args={...})``):
 
-    style             configured style name; absent = the request is not steered
-    style_strength    lambda, a finite number, 0 <= lambda <= MAX_STRENGTH (default DEFAULT_STRENGTH)
+    style             configured style name; absent = the request is not steered. A blend of up to
+                      MAX_BLEND styles: "austen:0.5,news:0.2" (each its own lambda), "austen,news"
+                      (style_strength each), or a list ["austen", "news"]
+    style_strength    lambda, a finite number, 0 <= lambda <= MAX_STRENGTH (default DEFAULT_STRENGTH);
+                      with a list of styles, one number for all or a list of one per style
     style_mode        one of the server's modes, e.g. "exact" (default) or "paper"
     style_adaptive    0 or 1: scale lambda by the model's normalised entropy at each step
     style_loop_guard  0 (off) or an n-gram size 2..8: no boost for a token that would repeat an
@@ -48,8 +51,10 @@ MIN_LOOP_GUARD, MAX_LOOP_GUARD = 2, 8
 # strength x penalty is subtracted from a logit; at MAX_STRENGTH x 20 = 100 nats a repeat is banned
 MAX_LOOP_PENALTY = 20.0
 MAX_NAMES_LISTED = 10  # configured styles/modes named in an error message
+MAX_BLEND = 4  # styles in one request: the kernels read this many (variant, strength) columns per row
 # int() refuses longer literals (Python >= 3.11, CVE-2020-10735); 4300 where the limit is off (0)
 _INT_DIGITS_LIMIT = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -62,20 +67,35 @@ class StyleRequest:
     adaptive: bool = False
     loop_guard: int = 0  # 0 = off, else the n-gram size
     loop_penalty: float = 0.0  # nats per unit of strength below the unsteered logit, for guarded tokens
+    blended: tuple = ()  # a blend's further ((style, strength), ...) after (style, strength), in request order
+
+    @property
+    def components(self) -> tuple:
+        """Every (style, strength) of the request: one, or up to MAX_BLEND for a blend."""
+        return ((self.style, self.strength),) + tuple(self.blended)
+
+    @property
+    def total_strength(self) -> float:
+        """The blend's strength as a whole (the loop penalty scales with it); a single style's lambda."""
+        return sum(s for _, s in self.components)
 
     def to_extra_args(self) -> dict:
         """The request extras that parse back to this request (what a client sends)."""
-        extra = {KEY_STYLE: self.style, KEY_STRENGTH: float(self.strength), KEY_MODE: self.mode,
-                 KEY_ADAPTIVE: int(self.adaptive), KEY_LOOP_GUARD: int(self.loop_guard)}
+        extra = {KEY_MODE: self.mode, KEY_ADAPTIVE: int(self.adaptive), KEY_LOOP_GUARD: int(self.loop_guard)}
+        if self.blended:
+            extra[KEY_STYLE] = ",".join(f"{name}:{strength!r}" for name, strength in self.components)
+        else:
+            extra.update({KEY_STYLE: self.style, KEY_STRENGTH: float(self.strength)})
         if self.loop_penalty:
             extra[KEY_LOOP_PENALTY] = float(self.loop_penalty)
         return extra
 
     @property
     def guard_penalty_nats(self) -> float:
-        """How far below its unsteered logit a guarded token goes: the raw strength (not the
-        adaptive one, so the penalty also acts where the model is confident) x loop_penalty."""
-        return self.strength * self.loop_penalty
+        """How far below its unsteered logit a guarded token goes: the raw strength of the whole
+        blend (not the adaptive one, so the penalty also acts where the model is confident) x
+        loop_penalty."""
+        return self.total_strength * self.loop_penalty
 
 
 def is_style_key(key: Any) -> bool:
@@ -145,9 +165,63 @@ def _choice(key: str, value: Any, allowed: Sequence[str], what: str) -> str:
     return value
 
 
-def _style(value: Any, styles: Sequence[str]) -> str:
-    # One name today; blends ("austen:0.5,news:0.2" or a list) will be parsed here.
-    return _choice(KEY_STYLE, value, styles, "style")
+def _blend(value: Any, strength: Any, styles: Sequence[str]) -> list:
+    """The request's (style, strength) components from ``style`` and ``style_strength`` (_UNSET when
+    absent): one style, or a blend (module docstring). Names must be configured and distinct."""
+    listed = isinstance(value, list)
+    blend_text = isinstance(value, str) and ("," in value or ":" in value)
+    if isinstance(strength, list) and not listed:
+        _strength(strength)  # raises: one style (or a blend string) takes one number
+    if listed:
+        parts = list(value)
+    elif blend_text:
+        parts = [p.strip() for p in value.split(",")]
+    else:
+        parts = [value]
+    if not parts:
+        raise RequestError(f"{KEY_STYLE} names no style", KEY_STYLE)
+    if len(parts) > MAX_BLEND:
+        raise RequestError(f"{KEY_STYLE} blends {len(parts)} styles; at most {MAX_BLEND}", KEY_STYLE)
+    weights = None  # from the blend text, when it carries them
+    if blend_text:
+        weighted = [":" in p for p in parts]
+        if any(weighted) and not all(weighted):
+            raise RequestError(f"{KEY_STYLE} {brief(value)}: give every style of a blend a strength "
+                               f"(\"austen:0.5,news:0.2\") or none (\"austen,news\" with {KEY_STRENGTH})", KEY_STYLE)
+        if all(weighted):
+            if strength is not _UNSET:
+                raise RequestError(f"strengths given twice: in {KEY_STYLE} ({brief(value)}) and in {KEY_STRENGTH}; "
+                                   "give them in one place", KEY_STRENGTH)
+            split = [p.partition(":") for p in parts]
+            parts = [name.strip() for name, _, _ in split]
+            weights = [_strength_text(w.strip(), name.strip()) for name, _, w in split]
+    names = [_choice(KEY_STYLE, p, styles, "style") for p in parts]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RequestError(f"{KEY_STYLE} names {listing(repeated, quote=True)} more than once; give each style "
+                           "once with its strength", KEY_STYLE)
+    if weights is None:
+        if isinstance(strength, list):
+            if len(strength) != len(names):
+                raise RequestError(f"{KEY_STRENGTH} lists {len(strength)} strength{'s' if len(strength) != 1 else ''} "
+                                   f"for {len(names)} styles", KEY_STRENGTH)
+            weights = [_strength(w) for w in strength]
+        else:
+            weights = [DEFAULT_STRENGTH if strength is _UNSET else _strength(strength)] * len(names)
+    return list(zip(names, weights))
+
+
+def _strength_text(text: str, name: str) -> float:
+    """A strength written in a blend string ("austen:0.5"): a decimal number in [0, MAX_STRENGTH]."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise RequestError(f"the strength of {brief(name)} in {KEY_STYLE} must be a number, got {brief(text)}",
+                           KEY_STYLE) from None
+    if not (math.isfinite(x) and 0.0 <= x <= MAX_STRENGTH):
+        raise RequestError(f"the strength of {brief(name)} in {KEY_STYLE} must be between 0 and {MAX_STRENGTH:g}, "
+                           f"got {brief(text)}", KEY_STYLE)
+    return x
 
 
 def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[str],
@@ -172,15 +246,17 @@ def parse_request_args(extra_args: Mapping[str, Any] | None, styles: Sequence[st
     if KEY_STYLE not in ours:
         raise RequestError(f"{', '.join(sorted(ours))} given without {KEY_STYLE!r}; name a style "
                            f"(one of: {_offered(styles)})", KEY_STYLE)
-    style = _style(ours[KEY_STYLE], styles)
+    components = _blend(ours[KEY_STYLE], ours.get(KEY_STRENGTH, _UNSET), styles)
     loop_guard = _loop_guard(ours[KEY_LOOP_GUARD]) if KEY_LOOP_GUARD in ours else 0
     loop_penalty = _loop_penalty(ours[KEY_LOOP_PENALTY]) if KEY_LOOP_PENALTY in ours else 0.0
     if loop_penalty and not loop_guard:
         raise RequestError(f"{KEY_LOOP_PENALTY} needs {KEY_LOOP_GUARD} (the n-gram size that defines a repeat)",
                            KEY_LOOP_PENALTY)
+    (style, strength), *rest = components
     return StyleRequest(
         style=style,
-        strength=_strength(ours[KEY_STRENGTH]) if KEY_STRENGTH in ours else DEFAULT_STRENGTH,
+        strength=strength,
+        blended=tuple(rest),
         mode=_choice(KEY_MODE, ours[KEY_MODE], modes, "style mode") if KEY_MODE in ours else _default_mode(modes),
         adaptive=_switch(ours[KEY_ADAPTIVE]) if KEY_ADAPTIVE in ours else False,
         loop_guard=loop_guard,

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 class SteeredRow:
     """One steered request in the persistent batch."""
 
-    variant: int  # the core's variant id of (style, mode)
+    variants: tuple  # the core's variant id of each (style, mode) of the request (several for a blend)
     req: StyleRequest
     prompt: list | None  # prompt token ids (vLLM's list, never copied)
     output: list  # live list of generated ids; vLLM appends to it
@@ -71,8 +71,8 @@ class BatchTensors:
     batch: int  # B, rows of the logits
     rows: list  # [S] SteeredRow, in row order
     index: torch.Tensor  # [S] int64 batch rows of the steered requests (host)
-    variant: torch.Tensor  # [B] int64, -1 unsteered (device)
-    strength: torch.Tensor  # [B] float32 (device)
+    variant: torch.Tensor  # [B] int64, or [B, K] for blends of up to K styles; -1 unsteered / no style (device)
+    strength: torch.Tensor  # [B] or [B, K] float32 (device)
     adaptive: torch.Tensor | None  # [B] bool, None when no row asks (device)
     guard: torch.Tensor | None  # [B] int32 n-gram size, 0 off; None when no row asks (device)
     guard_sizes: list  # the distinct nonzero guard sizes
@@ -120,7 +120,8 @@ class V1StyleProcessor:
             if req is None:
                 self.rows.pop(index, None)
             else:
-                self.rows[index] = SteeredRow(self.core.variant_id(req.style, req.mode), req, prompt, output)
+                self.rows[index] = SteeredRow(tuple(self.core.variant_id(name, req.mode) for name, _ in req.components),
+                                              req, prompt, output)
         for a, b, direction in batch_update.moved:
             ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
             if ra is not None:
@@ -135,16 +136,22 @@ class V1StyleProcessor:
             rows = [self.rows[i] for i in idx]
             sizes = sorted({r.req.loop_guard for r in rows if r.req.loop_guard})
             index = torch.tensor(idx, dtype=torch.int64)  # [S]
+            k = max(len(r.variants) for r in rows)  # blend columns: 1 unless a request blends styles
 
-            def full(values, fill, dtype):  # [B] with the steered rows' values scattered in
-                out = torch.full((batch,), fill, dtype=dtype)
+            def full(values, fill, dtype, width=None):  # [B] (or [B, width]) with the steered rows' values
+                out = torch.full((batch,) if width is None else (batch, width), fill, dtype=dtype)
                 out[index] = torch.tensor(values, dtype=dtype)
                 return out.to(self.device)
 
+            def columns(values, fill):  # per row, one value per blend component, padded to k
+                return [list(v) + [fill] * (k - len(v)) for v in values]
+
             self._tensors = BatchTensors(
                 batch, rows, index,
-                variant=full([r.variant for r in rows], -1, torch.int64),
-                strength=full([r.req.strength for r in rows], 0.0, torch.float32),
+                variant=full([r.variants[0] for r in rows], -1, torch.int64) if k == 1 else
+                full(columns([r.variants for r in rows], -1), -1, torch.int64, k),
+                strength=full([r.req.strength for r in rows], 0.0, torch.float32) if k == 1 else
+                full(columns([[w for _, w in r.req.components] for r in rows], 0.0), 0.0, torch.float32, k),
                 adaptive=full([r.req.adaptive for r in rows], False, torch.bool)
                 if any(r.req.adaptive for r in rows) else None,
                 guard=full([r.req.loop_guard for r in rows], 0, torch.int32) if sizes else None,

@@ -29,40 +29,54 @@ _RING = 4  # staging buffers in rotation; > vLLM's in-flight steps, so a pending
 class SlotState:
     """Named per-slot arrays: the host truth (numpy), staged through pinned buffers to a device copy.
 
-    The int32 fields share one [3, S] block and the float32 fields one [2, S] block, so a step that
-    changed any slot stages with two copies.
+    Per slot: up to MAX_BLEND (variant id, strength) columns (a blend of styles; -1 / 0 where
+    unused), the adaptive flag, the loop-guard size and the loop penalty in nats. The int32 fields
+    share one [MAX_BLEND + 2, S] block (variant columns, adaptive, guard) and the float32 ones one
+    [MAX_BLEND + 1, S] block (strength columns, penalty), so a step that changed any slot stages with
+    two copies. Field-major, so every [S] field is a contiguous row; the [S, K] blend views of
+    variant / strength are transposed (strides (1, S)), which every op reads.
     """
-
-    INT_FIELDS = ("variant", "adaptive", "guard")  # variant id (-1 unsteered), 0/1, n-gram size (0 off)
-    FLOAT_FIELDS = ("strength", "penalty")  # lambda; nats below unsteered for guarded tokens
 
     def __init__(self, num_slots: int, device: torch.device):
         import numpy as np
         import torch
 
-        s = num_slots
-        self.host_ints = np.zeros((len(self.INT_FIELDS), s), dtype=np.int32)  # [3, S]
-        self.host_floats = np.zeros((len(self.FLOAT_FIELDS), s), dtype=np.float32)  # [2, S]
-        self.host_ints[self.INT_FIELDS.index("variant")] = -1
+        from ..request_args import MAX_BLEND
+
+        s, k = num_slots, MAX_BLEND
+        self.width = k
+        self.host_ints = np.zeros((k + 2, s), dtype=np.int32)  # [K+2, S]
+        self.host_floats = np.zeros((k + 1, s), dtype=np.float32)  # [K+1, S]
+        self.host_ints[:k] = -1
+        self._rows = {"variant": slice(0, k), "adaptive": k, "guard": k + 1, "strength": slice(0, k), "penalty": k}
         pin = device.type == "cuda" and torch.cuda.is_available()
         self._stage = [(torch.zeros(self.host_ints.shape, dtype=torch.int32, pin_memory=pin),
                         torch.zeros(self.host_floats.shape, dtype=torch.float32, pin_memory=pin)) for _ in range(_RING)]
         self._ring = 0
-        self.dev_ints = torch.from_numpy(self.host_ints.copy()).to(device)  # [3, S]
-        self.dev_floats = torch.zeros(self.host_floats.shape, dtype=torch.float32, device=device)  # [2, S]
+        self.dev_ints = torch.from_numpy(self.host_ints.copy()).to(device)  # [K+2, S]
+        self.dev_floats = torch.zeros(self.host_floats.shape, dtype=torch.float32, device=device)  # [K+1, S]
         self.dirty = False
 
-    def host(self, name: str):
-        """[S] numpy view of one field (writable)."""
-        if name in self.INT_FIELDS:
-            return self.host_ints[self.INT_FIELDS.index(name)]
-        return self.host_floats[self.FLOAT_FIELDS.index(name)]
+    def _block(self, name: str, host: bool):
+        ints = name in ("variant", "adaptive", "guard")
+        if host:
+            return self.host_ints if ints else self.host_floats
+        return self.dev_ints if ints else self.dev_floats
 
-    def device(self, name: str):
-        """[S] device view of one field."""
-        if name in self.INT_FIELDS:
-            return self.dev_ints[self.INT_FIELDS.index(name)]
-        return self.dev_floats[self.FLOAT_FIELDS.index(name)]
+    def host(self, name: str):
+        """numpy view of one field (writable): [S, K] for variant / strength, else [S]."""
+        row = self._rows[name]
+        block = self._block(name, host=True)
+        return block[row].T if isinstance(row, slice) else block[row]
+
+    def device(self, name: str, columns: int | None = None):
+        """Device view of one field; variant / strength: the first ``columns`` blend columns, [S, columns]
+        (strides (1, S)), or the contiguous [S] first column when columns is 1."""
+        row = self._rows[name]
+        block = self._block(name, host=False)
+        if isinstance(row, slice):
+            return block[0] if columns == 1 else block[:columns].T
+        return block[row]
 
     def set(self, slot: int, **values) -> None:
         for name, value in values.items():
@@ -104,8 +118,10 @@ class V2StyleProcessor:
         if req is None:
             self.slots.set(req_idx, variant=-1, adaptive=0, guard=0, strength=0.0, penalty=0.0)
         else:
-            self.slots.set(req_idx, variant=self.core.variant_id(req.style, req.mode), adaptive=int(req.adaptive),
-                           guard=req.loop_guard, strength=req.strength, penalty=req.guard_penalty_nats)
+            pad = self.slots.width - len(req.components)
+            self.slots.set(req_idx, variant=[self.core.variant_id(n, req.mode) for n, _ in req.components] + [-1] * pad,
+                           strength=[w for _, w in req.components] + [0.0] * pad, adaptive=int(req.adaptive),
+                           guard=req.loop_guard, penalty=req.guard_penalty_nats)
         return req is not None
 
     def apply_staged_writes(self) -> None:
@@ -114,16 +130,18 @@ class V2StyleProcessor:
     def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
         st = self.slots
         slots = ctx.idx_mapping_np  # [num_reqs] host copy of batch -> slot: no sync to read
-        steered = st.host("variant")[slots] >= 0
+        variant = st.host("variant")[slots]  # [num_reqs, K] host copy
+        steered = variant[:, 0] >= 0
         if not steered.any():
             return logits  # zero cost when no row of this batch is steered
+        columns = int((variant[steered] >= 0).sum(1).max())  # blend width of this batch: 1 without blends
         adaptive = bool(st.host("adaptive")[slots][steered].any())
         sizes = sorted(int(g) for g in set(st.host("guard")[slots][steered].tolist()) if g)
         penalty = bool(sizes) and bool(st.host("penalty")[slots][steered].any())
         rs = self.req_states
         self.core.apply_from_history(
             logits, ctx.expanded_idx_mapping, ctx.pos, rs.all_token_ids.gpu,  # .gpu is re-bound by vLLM: read it each step
-            st.device("variant"), st.device("strength"),
+            st.device("variant", columns), st.device("strength", columns),
             slot_adaptive=st.device("adaptive") if adaptive else None,
             slot_guard=st.device("guard") if sizes else None, guard_sizes=sizes,
             prompt_len=rs.prompt_len.gpu if sizes else None,
