@@ -19,7 +19,7 @@ STAGES = [
     ("modes", ["modes"]),
     ("kernels", ["kernels"]),
     ("steering core", ["steering_core"]),
-    ("engine glue", ["request_args", "config", "validation", "engine"]),
+    ("engine glue", ["request_args", "config", "validation", "styles", "engine", "live"]),
     ("vLLM adapters", ["adapters", "processor", "vllm_v1", "vllm_v2", "naive_processor", "middleware"]),
     ("apps", ["launch", "evaluation", "bench", "testing", "commands", "cli"]),
 ]

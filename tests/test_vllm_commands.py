@@ -90,12 +90,12 @@ def test_serve_refuses_pack_of_another_tokenizer(packs, tmp_path, capsys):
 
 def test_serve_checks_packs_before_loading_the_tokenizer(tiny_model_dir, packs, tmp_path, capsys, monkeypatch):
     """A missing or corrupt pack fails before the (slow) tokenizer fingerprint is even started."""
-    from vllm_ngram_style import engine
+    from vllm_ngram_style import styles
 
     def no_tokenizer(*a, **k):
         raise AssertionError("the tokenizer was loaded before the packs were checked")
 
-    monkeypatch.setattr(engine, "tokenizer_identity", no_tokenizer)
+    monkeypatch.setattr(styles, "tokenizer_identity", no_tokenizer)
     corrupt = tmp_path / "corrupt.stylepack"
     corrupt.write_bytes(open(packs["alpha"], "rb").read()[:300])
     for pack, message in ((str(corrupt), "style 'bad': "), ("/nonexistent.stylepack", "style pack not found")):

@@ -16,7 +16,7 @@ error; ``modes`` is taken from the first source that sets it, in the order above
 
 Reading the configuration is light (json and os only): vLLM's API process does it to validate
 requests (validation.py). Loading the packs and checking them against the served tokenizer is
-separate (engine.load_styles), done by the engine and, earlier, by ``vllm-ngram-style serve``.
+separate (styles.load_styles), done by the engine and, earlier, by ``vllm-ngram-style serve``.
 """
 from __future__ import annotations
 

@@ -1,87 +1,64 @@
-"""Engine glue: from a vLLM configuration to a ready SteeringCore, and per-request parsing.
-
-load_styles is the one sequence that turns a StyleConfig into checked packs: modes known, every
-pack opened and validated (fast: a missing or corrupt pack fails in well under a second), then the
-served tokenizer fingerprinted (slow) and every pack checked against it. ``vllm-ngram-style
-serve`` runs it before vLLM starts; the engine runs it again when it builds the processor.
-"""
+"""Engine glue: from a vLLM configuration to a ready SteeringCore (packs loaded and checked by
+styles.load_styles, the live-update watcher when serve asked for one), and per-request parsing."""
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 from .config import StyleConfig, config_from_vllm_config
-from .errors import ConfigError, RequestError, StylePackError
+from .errors import ConfigError, RequestError
+from .styles import load_styles
 from .request_args import StyleRequest, parse_request_args
 from .validation import register_active
 
 logger = logging.getLogger(__name__)
 
 
-def tokenizer_identity(name_or_dir: str, revision: str | None = None, trust_remote_code: bool = False):
-    """(fingerprint, vocabulary size) of a model's tokenizer: a local folder, or a name already in
-    the Hugging Face cache (nothing is downloaded when HF_HUB_OFFLINE=1)."""
-    from .tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_vocab_size
+@dataclass
+class EngineStyles:
+    """What a processor runs with: the core, the configuration it parses requests against, and the
+    live-update watcher (None unless ``serve --style-config`` asked for live styles)."""
 
-    if os.path.isdir(name_or_dir):
-        tok = load_tokenizer(name_or_dir)
-    else:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(name_or_dir, revision=revision, use_fast=True,
-                                                trust_remote_code=trust_remote_code)
-        except Exception as exc:  # transformers raises many types here
-            raise ConfigError(f"cannot load the served model's tokenizer {name_or_dir[:200]!r}: {exc}") from exc
-    return tokenizer_fingerprint(tok), tokenizer_vocab_size(tok)
+    core: object  # SteeringCore
+    cfg: StyleConfig
+    live: object = None  # live.LiveStyles
 
 
-def load_styles(cfg: StyleConfig, tokenizer: str | None, revision: str | None = None,
-                trust_remote_code: bool = False, where: str | None = None) -> dict:
-    """Check the modes, load every configured pack (fully validated), then check each against the
-    tokenizer (None: skip that check). -> {name: StylePack}. Errors name the style and its pack."""
-    from .modes import available_modes
-    from .pack import load_pack
-
-    unknown = [m for m in cfg.modes if m not in available_modes()]
-    if unknown:
-        raise ConfigError(f"ngram_style modes {list(cfg.modes)}: unknown style mode {unknown[0]!r} (unknown "
-                          f"mode{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; available: "
-                          f"{', '.join(available_modes())})")
-    packs = {}
-    for name in cfg.names:  # before the tokenizer: a bad pack is reported without waiting for it
-        try:
-            packs[name] = load_pack(cfg.styles[name])
-        except StylePackError as exc:
-            raise ConfigError(f"style {name!r}: {exc}") from exc
-    if tokenizer is None:
-        return packs
-    fp, vocab = tokenizer_identity(tokenizer, revision, trust_remote_code)
-    where = where or f"model {tokenizer!r}"
-    for name, pack in packs.items():
-        try:
-            pack.check_tokenizer(fp, vocab, where)
-        except StylePackError as exc:
-            raise ConfigError(f"style {name!r}: {exc} (pack file: {cfg.styles[name]})") from exc
-    return packs
-
-
-def build_core(vllm_config, device, backend: str | None = None):
-    """-> (SteeringCore, StyleConfig). Raises ConfigError with a message saying what to fix."""
+def build_core(vllm_config, device, backend: str | None = None) -> EngineStyles:
+    """Raises ConfigError with a message saying what to fix."""
     if getattr(vllm_config, "speculative_config", None) is not None:
         raise ConfigError("vllm-ngram-style does not support speculative decoding: steering must see every "
                           "committed token. Remove the speculative decoding options or the style processor.")
     cfg = config_from_vllm_config(vllm_config)
     mc = vllm_config.model_config
+    identity: list = []
     packs = load_styles(cfg, mc.tokenizer or mc.model, getattr(mc, "tokenizer_revision", None),
-                        bool(getattr(mc, "trust_remote_code", False)), where="the served model")
+                        bool(getattr(mc, "trust_remote_code", False)), where="the served model", identity=identity)
     from .steering_core import SteeringCore  # here, not at the top: serve's pack checks must not wait for torch
 
     core = SteeringCore(packs, cfg.modes, device, backend)
     register_active(cfg)
     logger.info("vllm-ngram-style: styles %s; modes %s; %s op on %s", ", ".join(core.styles),
                 ", ".join(core.modes), core.backend, core.device)
-    return core, cfg
+    return EngineStyles(core, cfg, _live_styles(vllm_config, cfg, packs, tuple(identity), core, device, backend))
+
+
+def _live_styles(vllm_config, cfg, packs, identity, core, device, backend):
+    """The live-update watcher, when the resolved configuration asks for one (serve --style-config)."""
+    from .config import ENV_CONFIG
+    from .live import LiveStyles, live_spec
+
+    spec, publish = live_spec(os.environ.get(ENV_CONFIG))
+    if spec is None:
+        return None
+    pc = getattr(vllm_config, "parallel_config", None)
+    if getattr(pc, "world_size", 1) > 1:
+        logger.warning("vllm-ngram-style: live style updates are off with tensor or pipeline parallelism "
+                       "(a processor per rank); restart the server to change styles")
+        return None
+    logger.info("vllm-ngram-style: watching %s for style updates", spec.get("config_file"))
+    return LiveStyles(spec, publish, cfg, packs, identity, core, device, backend)
 
 
 def parse_in_engine(params, cfg) -> StyleRequest | None:

@@ -40,8 +40,8 @@ def style_section(args) -> dict:
 def check_styles(section: dict, tokenizer: str, revision=None, trust_remote_code=False,
                  extra_additional=None) -> tuple[StyleConfig, dict]:
     """Resolve the configuration exactly as the engine will and run the engine's own checks
-    (engine.load_styles). -> (StyleConfig, {name: StylePack})."""
-    from .engine import load_styles
+    (styles.load_styles). -> (StyleConfig, {name: StylePack})."""
+    from .styles import load_styles
 
     additional = dict(extra_additional or {})
     if section:

@@ -79,7 +79,7 @@ class NaiveStyleLogitsProcessor(AdapterLogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         super().__init__(vllm_config, device, is_pin_memory)
         from .config import config_from_vllm_config
-        from .engine import load_styles
+        from .styles import load_styles
 
         self.cfg = config_from_vllm_config(vllm_config)
         mc = vllm_config.model_config

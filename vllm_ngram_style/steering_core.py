@@ -29,13 +29,19 @@ logger = logging.getLogger(__name__)
 class SteeringCore:
     """Compiled styles and the op that applies them to a batch of logits rows."""
 
-    def __init__(self, packs: Mapping, modes: Sequence[str], device, backend: str | None = None):
+    def __init__(self, packs: Mapping, modes: Sequence[str], device, backend: str | None = None,
+                 compiled: Mapping | None = None, aliases: Mapping | None = None):
+        """packs: {key: StylePack}; compiled: {(key, mode): CompiledStyle} already compiled (reused, not
+        recompiled: live style updates); aliases: {request name: key} for names that are not keys."""
         self.device = torch.device(device)
         self.styles = sorted(packs)
         self.modes = tuple(modes)
+        compiled = compiled or {}
         # [variant] -> CompiledStyle; variant id = style index * len(modes) + mode index
-        self.variants = [compile_style(packs[s], m, name=s) for s in self.styles for m in self.modes]
+        self.variants = [compiled.get((s, m)) or compile_style(packs[s], m, name=s)
+                         for s in self.styles for m in self.modes]
         self._ids = {(v.name, v.mode): i for i, v in enumerate(self.variants)}
+        self.aliases = dict(aliases or {})
         self.max_order = max(v.max_order for v in self.variants)
         self.op = make_steering_op(self.variants, self.device, backend)
         self.context_len = self.max_order - 1  # tokens of history the op reads per row
@@ -45,7 +51,7 @@ class SteeringCore:
         return self.op.backend
 
     def variant_id(self, style: str, mode: str) -> int:
-        return self._ids[(style, mode)]
+        return self._ids[(self.aliases.get(style, style), mode)]
 
     # ---- row form: the caller gathered each row's context (V1 adapter, evaluation) ---------------
 

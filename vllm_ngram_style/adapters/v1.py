@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..engine import build_core, parse_in_engine
+from ..engine import EngineStyles, build_core, parse_in_engine
 from ..loop_guard import LOOP_GUARD_WINDOW
 
 _RING = 4  # host buffer sets in rotation on a device: more than the steps vLLM keeps in flight
@@ -97,7 +97,8 @@ class V1StyleProcessor:
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool,
                  prepared: tuple[SteeringCore, StyleConfig] | None = None):
-        self.core, self.cfg = prepared or build_core(vllm_config, device)
+        setup = build_core(vllm_config, device) if prepared is None else EngineStyles(*prepared)
+        self.core, self.cfg, self.live = setup.core, setup.cfg, setup.live
         self.device = torch.device(device)
         self._pin = bool(is_pin_memory) and self.device.type == "cuda"
         self.rows: dict[int, SteeredRow] = {}  # persistent-batch index -> steered request
@@ -108,7 +109,21 @@ class V1StyleProcessor:
     def is_argmax_invariant(self) -> bool:
         return False  # steering changes greedy choices
 
+    def _take_style_update(self) -> None:
+        """At a step boundary: switch to a new live configuration when one is built (live.py), moving
+        the running requests to the ids of the tables they started with."""
+        swap = self.live.take()
+        if swap is not None:
+            self.core, self.cfg = swap.core, swap.cfg
+            for row in self.rows.values():
+                row.variants = tuple(swap.remap[v] if v >= 0 else -1 for v in row.variants)
+            self._tensors = None
+        if self.live.wants_references:
+            self.live.report_references({v for r in self.rows.values() for v in r.variants})
+
     def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if self.live is not None:
+            self._take_style_update()
         if batch_update is None:
             return
         from vllm.v1.sample.logits_processor import MoveDirectionality

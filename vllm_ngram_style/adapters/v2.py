@@ -103,15 +103,33 @@ class V2StyleProcessor:
                  prepared: tuple[SteeringCore, StyleConfig] | None = None):
         import torch
 
-        from ..engine import build_core
+        from ..engine import EngineStyles, build_core
 
         self.req_states = req_states
         self.device = torch.device(req_states.device)
-        self.core, self.cfg = prepared or build_core(vllm_config, self.device)
+        setup = build_core(vllm_config, self.device) if prepared is None else EngineStyles(*prepared)
+        self.core, self.cfg, self.live = setup.core, setup.cfg, setup.live
         self.slots = SlotState(req_states.max_num_reqs, self.device)
+
+    def _take_style_update(self) -> None:
+        """At a step boundary: switch to a new live configuration when one is built (live.py), moving
+        every slot to the ids of the tables its request started with."""
+        import numpy as np
+
+        swap = self.live.take()
+        if swap is None:
+            return
+        self.core, self.cfg = swap.core, swap.cfg
+        remap = np.asarray(swap.remap + [-1], dtype=np.int32)  # [old variants + 1]: index -1 maps -1 to -1
+        variant = self.slots.host("variant")
+        variant[:] = remap[variant]
+        self.slots.dirty = True
 
     def add_request(self, req_idx: int, sampling_params) -> bool:
         from ..engine import parse_in_engine
+
+        if self.live is not None:
+            self._take_style_update()
 
         req = parse_in_engine(sampling_params, self.cfg)
         # Slots are recycled: overwrite every field, steered or not.
@@ -125,6 +143,8 @@ class V2StyleProcessor:
         return req is not None
 
     def apply_staged_writes(self) -> None:
+        if self.live is not None:
+            self._take_style_update()
         self.slots.stage()
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
@@ -135,6 +155,10 @@ class V2StyleProcessor:
         if not steered.any():
             return logits  # zero cost when no row of this batch is steered
         columns = int((variant[steered] >= 0).sum(1).max())  # blend width of this batch: 1 without blends
+        if self.live is not None and self.live.wants_references:
+            import numpy as np
+
+            self.live.report_references(np.unique(variant[steered]).tolist())
         adaptive = bool(st.host("adaptive")[slots][steered].any())
         sizes = sorted(int(g) for g in set(st.host("guard")[slots][steered].tolist()) if g)
         penalty = bool(sizes) and bool(st.host("penalty")[slots][steered].any())

@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 from ..config import ENV_CONFIG, SECTION
+from ..live import LIVE_KEY
 from ..errors import ConfigError
 from ..launch import PROCESSOR_CLASS, add_style_arguments, check_styles, cpu_defaults, cpu_vllm_args, describe, style_section
 
@@ -36,6 +37,9 @@ def add_arguments(p) -> None:
     p.add_argument("model", help="model folder, 'smollm2', or a name in the local Hugging Face cache")
     add_style_arguments(p)
     p.add_argument("--check", action="store_true", help="check the packs, print the vLLM command, do not start")
+    p.add_argument("--no-watch", action="store_true",
+                   help="do not watch --style-config for changes (by default the server picks up added, "
+                        "replaced and removed styles while it runs: docs/configuration.md)")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER,
                    help="anything else goes to vLLM's OpenAI server (e.g. --port 8000 --dtype float32)")
     p.epilog = "Options of this command may appear anywhere after MODEL; everything else is passed to vLLM."
@@ -46,6 +50,7 @@ def _own_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_style_arguments(p)
     p.add_argument("--check", action="store_true")
+    p.add_argument("--no-watch", action="store_true")
     return p
 
 
@@ -98,12 +103,16 @@ def refuse_speculative_decoding(argv: list[str], config_file: str | None) -> Non
                           f"token the model commits): drop {', '.join(dict.fromkeys(found))}")
 
 
-def write_serving_config(cfg) -> str:
+def write_serving_config(cfg, live: dict | None = None) -> str:
     """The resolved configuration as a JSON file for vLLM's processes (VLLM_NGRAM_STYLE_CONFIG).
     -> its path. Named by its content, so restarts reuse the file instead of piling up new ones;
-    in the user's cache folder, else the temporary folder."""
-    data = json.dumps({SECTION: {"styles": cfg.styles, "modes": list(cfg.modes)}}, indent=1, sort_keys=True)
-    name = f"serve-{hashlib.sha256(data.encode()).hexdigest()[:16]}.json"
+    in the user's cache folder, else the temporary folder. With ``live`` (how to re-resolve it:
+    live.py) the engine rewrites the file as styles change, so it is this server's own (its pid)."""
+    content = {SECTION: {"styles": cfg.styles, "modes": list(cfg.modes)}}
+    if live is not None:
+        content[LIVE_KEY] = live
+    data = json.dumps(content, indent=1, sort_keys=True)
+    name = f"serve-{hashlib.sha256(data.encode()).hexdigest()[:16]}" + (f"-{os.getpid()}" if live else "") + ".json"
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     for folder in (os.path.join(cache, "vllm-ngram-style", "serve"),
                    os.path.join(tempfile.gettempdir(), f"vllm-ngram-style-{os.getuid()}")):
@@ -123,7 +132,7 @@ def write_serving_config(cfg) -> str:
 def run(args) -> int:
     own, rest = _own_parser().parse_known_args(args.vllm_args)
     args.style = args.style + own.style
-    for key in ("style_config", "modes", "check"):
+    for key in ("style_config", "modes", "check", "no_watch"):
         setattr(args, key, getattr(own, key) or getattr(args, key))
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -149,7 +158,8 @@ def run(args) -> int:
     cpu_defaults()
     # The engine and the API process read the styles from this file (absolute paths: their working
     # directory does not matter); vLLM keeps the rest of --additional-config.
-    config_path = write_serving_config(cfg)
+    live = section if section.get("config_file") and not args.no_watch else None
+    config_path = write_serving_config(cfg, live)
     additional = {k: v for k, v in extra_additional.items() if k != SECTION}
     passthrough = _strip(rest, {"--additional-config": 1, "--logits-processors": None})
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model,
