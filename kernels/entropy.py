@@ -3,9 +3,10 @@
 Adaptive strength (vllm_ngram_style/adaptive.py) needs each row's entropy before the edit. A torch
 softmax would allocate a [R, V] float32 temporary every step (525 MB at R=1024, V=128256) that
 vLLM's memory profile never sees, and read/write the logits several times. This kernel streams
-each row once with an online softmax (one program per row, BLOCK_V logits per step), keeping three
-running scalars: the maximum m, S = sum exp(z - m) and T = sum exp(z - m)(z - m); when the maximum
-grows to m', both rescale by exp(m - m') (T also gains (m - m') S). Then H = log S - T / S.
+each row once with an online softmax (one program per row, BLOCK_V logits per step): the running
+maximum m (one cross-lane reduction per step) and, per lane, S = sum exp(z - m) and
+T = sum exp(z - m)(z - m), summed over the lanes once at the end; when the maximum grows to m',
+both rescale by exp(m - m') (T also gains (m - m') S). Then H = log S - T / S.
 
 -inf logits (masked tokens) contribute nothing; a row that is -inf everywhere gets 0 (no
 steering) where the torch formula would give NaN. NaN or +inf logits give NaN, as there.
@@ -51,24 +52,25 @@ def entropy_rows(logits_ptr,  # [R, V] float, rows logits_stride apart, last dim
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * logits_stride
     lanes = tl.arange(0, BLOCK_V)
-    zero = tl.reduce(tl.zeros([BLOCK_V], tl.float32), 0, _SUM)
-    m = zero + float("-inf")  # running maximum
-    s = zero  # sum exp(z - m)
-    t = zero  # sum exp(z - m) * (z - m)
+    m = tl.reduce(tl.zeros([BLOCK_V], tl.float32), 0, _MAX) + float("-inf")  # running maximum (scalar)
+    s = tl.zeros([BLOCK_V], tl.float32)  # per lane: sum exp(z - m) over the logits this lane read
+    t = tl.zeros([BLOCK_V], tl.float32)  # per lane: sum exp(z - m) * (z - m)
     for start in range(0, V, BLOCK_V):
         idx = start + lanes
         z = tl.load(row_ptr + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.reduce(z, 0, _MAX))
-        finite = z > float("-inf")  # m_new is finite wherever this holds
-        d = tl.where(finite, z - m_new, 0.0)
+        m_new = tl.maximum(m, tl.reduce(z, 0, _MAX))  # the one cross-lane step per block
+        ref = tl.where(m_new > float("-inf"), m_new, 0.0)  # == m_new once a finite logit was met
+        finite = z > float("-inf")
+        d = tl.where(finite, z - ref, 0.0)
         e = tl.where(finite, tl.exp(d), 0.0)
-        seen = s > 0.0  # s == 0 until a finite logit was met; m may be -inf then (and s, t are 0)
-        dm = tl.where(seen, m - m_new, 0.0)  # <= 0
+        dm = tl.where(m > float("-inf"), m - ref, 0.0)  # <= 0; m is -inf only while s and t are still 0
         alpha = tl.exp(dm)
-        t = alpha * (t + dm * s) + tl.reduce(e * d, 0, _SUM)
-        s = alpha * s + tl.reduce(e, 0, _SUM)
+        t = alpha * (t + dm * s) + e * d
+        s = alpha * s + e
         m = m_new
-    h = tl.log(tl.where(s > 0.0, s, 1.0)) - tl.where(s > 0.0, t / s, 0.0)
+    s_row = tl.reduce(s, 0, _SUM)
+    ss = tl.where(s_row > 0.0, s_row, 1.0)
+    h = tl.log(ss) - tl.where(s_row > 0.0, tl.reduce(t, 0, _SUM), 0.0) / ss
     h = tl.where(h < 0.0, 0.0, h)  # rounding can dip below 0; NaN stays NaN
     tl.store(out_ptr + row, h / tl.log(V.to(tl.float32)))
 

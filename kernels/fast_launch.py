@@ -39,10 +39,17 @@ except ImportError:  # older Triton: no knobs module, so no fast path
     _knobs = None
 
 
+def _idle(hook) -> bool:
+    # Triton 3.6-3.9 keep a HookChain (a list of callables, empty when nobody listens) where older
+    # releases kept None; a HookChain object is never None, so testing for None alone would never
+    # let the fast path run.
+    return hook is None or (isinstance(getattr(hook, "calls", None), list) and not hook.calls)
+
+
 def hooks_off() -> bool:
-    """Profilers (e.g. proton) install launch hooks that need Triton's full launch path."""
+    """No launch hooks installed: profilers (e.g. proton) install some, and need Triton's full launch path."""
     rt = getattr(_knobs, "runtime", None)
-    return rt is not None and rt.launch_enter_hook is None and rt.launch_exit_hook is None
+    return rt is not None and _idle(getattr(rt, "launch_enter_hook", None)) and _idle(getattr(rt, "launch_exit_hook", None))
 
 
 def _is_wide(x: int) -> bool:
@@ -113,14 +120,18 @@ class KernelLauncher:
 
     def run_compiled(self, compiled, grid: int, args: tuple, consts: tuple) -> None:
         """The fast launch: Triton's compiled-kernel launcher called directly (see the module docstring)."""
+        ptrs = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+        compiled.run(grid, 1, 1, self.stream(), compiled.function, compiled.packed_metadata, None, None, None,
+                     *ptrs, *consts)
+
+    def stream(self) -> int:
+        """The current CUDA stream's handle, as Triton's own launch takes it."""
         if self._get_stream is None:
             from triton.runtime import driver
 
             self._get_stream = driver.active.get_current_stream
             self._device_index = torch.cuda.current_device()
-        ptrs = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
-        compiled.run(grid, 1, 1, self._get_stream(self._device_index), compiled.function, compiled.packed_metadata,
-                     None, None, None, *ptrs, *consts)
+        return self._get_stream(self._device_index)
 
     def give_up(self, why: str) -> None:
         self.failure = why

@@ -64,7 +64,7 @@ def touched_mask(ref, logits, variant, strength, ctx):
 
 def check(ts, ref, logits, variant, strength, ctx, row_scale=None):
     """Kernel == reference within tolerance; every position the reference leaves alone is bit-identical."""
-    eff = strength if row_scale is None else strength * row_scale
+    eff = strength if row_scale is None else strength * (row_scale if strength.dim() == 1 else row_scale[:, None])
     expect = ref.apply(logits.clone(), variant, eff, ctx)
     got = ts.apply(logits.clone(), variant, strength, ctx, row_scale=row_scale)
     torch.testing.assert_close(got, expect, atol=2e-5, rtol=1e-5, equal_nan=True)
