@@ -95,8 +95,8 @@ class TritonSteering:
     def launch_path(self, path: str) -> None:
         if path not in LAUNCH_PATHS:
             raise ValueError(f"launch path must be one of {LAUNCH_PATHS}, got {path!r}")
-        for launcher in self.launchers.values():
-            launcher.path = path if self._cuda else "standard"
+        for launcher in self.launchers.values():  # a launcher whose fast path failed its check stays standard
+            launcher.path = path if self._cuda and not launcher.failure else "standard"
 
     # -- sizes -------------------------------------------------------------------------------------
     @property
