@@ -29,6 +29,7 @@ from .fast_launch import LAUNCH_PATHS, KernelLauncher
 from .gpu_tables import DEFAULT_LOAD_FACTOR, DEFAULT_PROBE, GpuTables, build_tables
 
 ENTROPY_BLOCK_V = 4096  # logits per step of the entropy kernel
+MAX_GUARD = 8  # largest loop-guard n-gram size the kernel checks (request_args.MAX_LOOP_GUARD)
 ENTROPY_WARPS = 8
 
 
@@ -43,6 +44,9 @@ class TritonSteering:
     """
 
     backend = "triton"
+    # apply_from_history takes the core's per-slot adaptive / loop-guard / penalty state and applies it in the
+    # kernel (steering_core.SteeringCore.apply_from_history hands it over instead of running torch ops)
+    fuses_history_extras = True
 
     def __init__(self, variants: list[CompiledStyle], device, *, block: int = 256, num_warps: int = 4,
                  probe: int = DEFAULT_PROBE, load_factor: float = DEFAULT_LOAD_FACTOR, launch: str = "fast",
@@ -70,8 +74,8 @@ class TritonSteering:
 
         cuda = self._cuda = self.device.type == "cuda" and not is_interpreted(kernels["context"])
         path = launch if cuda else "standard"
-        self.launchers = {kind: KernelLauncher(k, sk.CONSTEXPR_NAMES, num_warps, path, f"steering ({kind})")
-                          for kind, k in kernels.items()}
+        self.launchers = {kind: KernelLauncher(kernels[kind], consts, num_warps, path, f"steering ({kind})")
+                          for kind, (_, _, consts) in sk.ENTRY_POINTS.items()}
         self.launchers["entropy"] = KernelLauncher(entropy_kernel, ek.CONSTEXPR_NAMES, entropy_warps, path,
                                                    "entropy", out_arg=3, out_stride_arg=None, poison=float("nan"),
                                                    specialised=ek.SPECIALISED)
@@ -128,13 +132,22 @@ class TritonSteering:
 
     def apply_from_history(self, logits: torch.Tensor, row_slot: torch.Tensor, row_last_pos: torch.Tensor,
                            all_token_ids: torch.Tensor, slot_variant: torch.Tensor, slot_strength: torch.Tensor,
-                           row_scale: torch.Tensor | None = None) -> torch.Tensor:
+                           row_scale: torch.Tensor | None = None, *, slot_adaptive: torch.Tensor | None = None,
+                           slot_guard: torch.Tensor | None = None, prompt_len: torch.Tensor | None = None,
+                           slot_guard_penalty: torch.Tensor | None = None, guard_window: int = 64) -> torch.Tensor:
         """In place on logits [R, V], reading vLLM model-runner-v2 state on the device.
 
         row_slot [R] int (row -> slot; out of [0, S): unsteered), row_last_pos [R] int (index in
         all_token_ids[slot] of the newest known token; positions < 0 are missing), all_token_ids
         [S, L] int32/int64 (device memory or a UVA view of pinned host memory), slot_variant [S] or
-        [S, K] int (-1: none), slot_strength the same shape, float; row_scale [R] float or None."""
+        [S, K] int (-1: none), slot_strength the same shape, float; row_scale [R] float or None.
+
+        The core's per-slot extras, applied in the same launch (steering_core.py has their meaning):
+        slot_adaptive [S] int (1: every strength of the row times its normalised entropy, computed
+        from the logits before the edit: one more launch); slot_guard [S] int (loop guard n-gram size,
+        0 = off, at most MAX_GUARD) with prompt_len [S] (the guard looks at the last guard_window
+        generated tokens); slot_guard_penalty [S] float (guarded tokens end that many nats below their
+        unsteered logit) or None."""
         r = self._check_logits(logits)
         if row_slot.shape != (r,) or row_last_pos.shape != (r,):
             raise ValueError(f"row_slot and row_last_pos must be [{r}], got {tuple(row_slot.shape)} / "
@@ -144,13 +157,29 @@ class TritonSteering:
         s = all_token_ids.shape[0]
         k, (vr, vc), (sr, sc) = self._check_columns(slot_variant, slot_strength, s, "slot_variant", "slot_strength",
                                                     "S")
+        extras = dict(slot_adaptive=slot_adaptive, slot_guard=slot_guard, prompt_len=prompt_len,
+                      slot_guard_penalty=slot_guard_penalty)
+        for name, t in extras.items():
+            if t is not None and t.shape != (s,):
+                raise ValueError(f"{name} must be [S={s}], got {tuple(t.shape)}")
+        if slot_guard is not None and prompt_len is None:
+            raise ValueError("slot_guard needs prompt_len (where each slot's generated tokens start)")
+        if not 2 <= guard_window <= 1024:
+            raise ValueError(f"guard_window must be in [2, 1024], got {guard_window}")
         if r == 0:
             return logits
         scale, scale_stride = self._scale(row_scale, r)
+        entropy = self.normalised_entropy(logits) if slot_adaptive is not None else None  # [R], before the edit
+        one = self._one  # the placeholder of every unused pointer
         args = (logits, logits.stride(0), logits.shape[1], self._blob, row_slot, row_last_pos,
                 slot_variant, vr, vc, slot_strength, sr, sc,
-                all_token_ids, all_token_ids.stride(0), s, all_token_ids.shape[1], scale, scale_stride)
-        self._launch(r, "history", args, k)
+                all_token_ids, all_token_ids.stride(0), s, all_token_ids.shape[1], scale, scale_stride,
+                one if slot_adaptive is None else slot_adaptive, one if entropy is None else entropy,
+                one if slot_guard is None else slot_guard, one if slot_guard is None else prompt_len,
+                one if slot_guard is None or slot_guard_penalty is None else slot_guard_penalty)
+        flags = (slot_adaptive is not None, slot_guard is not None, slot_guard is not None and slot_guard_penalty
+                 is not None, guard_window, _next_pow2(guard_window), MAX_GUARD)
+        self._launch(r, "history", args, k, flags)
         return logits
 
     def normalised_entropy(self, logits: torch.Tensor) -> torch.Tensor:
@@ -189,9 +218,10 @@ class TritonSteering:
         return row_scale, row_scale.stride(0)
 
     # -- launching -----------------------------------------------------------------------------------
-    def _launch(self, r: int, kind: str, args: tuple, k: int) -> None:
-        """One launch of the ``kind`` ("context" / "history") kernel over r rows with K = k columns."""
-        consts = (k, _next_pow2(k)) + self._table_consts
+    def _launch(self, r: int, kind: str, args: tuple, k: int, extra_consts: tuple = ()) -> None:
+        """One launch of the ``kind`` ("context" / "history") kernel over r rows with K = k columns
+        (extra_consts: the history kernel's ADAPTIVE ... MAX_GUARD)."""
+        consts = (k, _next_pow2(k)) + self._table_consts + extra_consts
         if self.graphs and self._cuda:
             gkey = self._graph_key(r, kind, args, consts)
             g = self._graphs.get(gkey)

@@ -81,8 +81,13 @@ CONTEXT_ARGS = ("logits_ptr", "logits_stride", "V", "blob_ptr",
                 "ctx_ptr", "ctx_row_stride", "ctx_col0", "scale_ptr", "scale_row_stride")
 HISTORY_ARGS = ("logits_ptr", "logits_stride", "V", "blob_ptr", "row_slot_ptr", "row_pos_ptr",
                 "svar_ptr", "svar_row_stride", "svar_col_stride", "sstr_ptr", "sstr_row_stride", "sstr_col_stride",
-                "tok_ptr", "tok_row_stride", "n_slots", "hist_len", "scale_ptr", "scale_row_stride")
+                "tok_ptr", "tok_row_stride", "n_slots", "hist_len", "scale_ptr", "scale_row_stride",
+                "adapt_ptr", "ent_ptr", "guard_ptr", "start_ptr", "pen_ptr")
 CONSTEXPR_NAMES = ("K", "KB", "MAX_ORDER", "CTX_BLOCK", "MAXW", "PROBE", "BLOCK")
+# The history entry point's extras (the per-slot state of vllm_ngram_style/steering_core.py read in the
+# kernel, so a V2 step is two launches: the entropy kernel, then this one): adaptive strength, loop guard
+# (n-gram sizes up to MAX_GUARD over the last WINDOW generated tokens), loop penalty.
+HISTORY_CONSTEXPR_NAMES = CONSTEXPR_NAMES + ("ADAPTIVE", "GUARD", "PENALTY", "WINDOW", "WB", "MAX_GUARD")
 
 
 def _jit_options(names):
@@ -231,6 +236,38 @@ def steer_context(logits_ptr,  # [R, V] float, rows logits_stride apart, last di
     _steer_row(row, logits_ptr, logits_stride, V, blob_ptr, v, s, toks, K, KB, MAX_ORDER, CTX_BLOCK, MAXW, PROBE, BLOCK)
 
 
+@triton.jit
+def _history_token(tok_ptr, row_off, p, lo, hist_len, on):
+    """all_token_ids[slot, p] where lo <= p < hist_len and ``on`` (and the stored token >= 0), else -1."""
+    ok = on & (p >= lo) & (p < hist_len)
+    t = tl.load(tok_ptr + row_off + tl.where(ok, p, 0), mask=ok, other=-1).to(tl.int64)
+    return tl.where(t >= 0, t, -1)
+
+
+@triton.jit
+def _guard_capture(row_ptr, V, tok_ptr, row_off, hist_len, last, first, g,
+                   WINDOW: tl.constexpr, WB: tl.constexpr, MAX_GUARD: tl.constexpr):
+    """The loop guard's banned tokens of one row and their logits before steering (loop_guard.py's rule):
+    over the row's last WINDOW generated tokens h (positions >= first), every window h[j .. j+g-1] whose
+    first g-1 tokens equal the newest g-1 bans its last token. Returns (banned [WB] int64, whether each
+    lane bans [WB], logits of the banned tokens [WB])."""
+    j = tl.arange(0, WB)  # window start, as an index into h (h[WINDOW-1] is the newest token)
+    base = last - (WINDOW - 1)  # position of h[0]
+    lo = tl.maximum(first, 0)
+    gv = j * 0 + g  # g as a vector (vector compares only: see the probe loop's note)
+    on = (gv >= 2) & (j <= WINDOW - gv)
+    match = on
+    for d in tl.static_range(MAX_GUARD - 1):
+        use = j * 0 + d < gv - 1
+        hj = _history_token(tok_ptr, row_off, base + j + d, lo, hist_len, on & use)
+        sd = _history_token(tok_ptr, row_off, base + (WINDOW - gv + 1) + d, lo, hist_len, on & use)  # suffix token d
+        match = match & (~use | ((hj == sd) & (hj >= 0)))
+    banned = _history_token(tok_ptr, row_off, base + j + gv - 1, lo, hist_len, on)
+    match = match & (banned >= 0) & (banned < V)
+    before = tl.load(row_ptr + tl.where(match, banned, 0), mask=match, other=0.0)
+    return banned, match, before
+
+
 @triton.jit(**_jit_options(HISTORY_ARGS))
 def steer_history(logits_ptr,  # [R, V] float, rows logits_stride apart, last dim contiguous; edited in place
                   logits_stride, V,
@@ -242,8 +279,18 @@ def steer_history(logits_ptr,  # [R, V] float, rows logits_stride apart, last di
                   tok_ptr, tok_row_stride,  # all_token_ids [S, L] int, rows contiguous
                   n_slots, hist_len,  # S, L
                   scale_ptr, scale_row_stride,  # row_scale [R] float (stride 1), or a [1] tensor of ones (stride 0)
+                  adapt_ptr,  # ADAPTIVE: slot_adaptive [S] int (1: scale the row by ent_ptr[row])
+                  ent_ptr,  # ADAPTIVE: [R] float32 normalised entropy of each row's logits before the edit
+                  guard_ptr,  # GUARD: slot_guard [S] int, the loop guard's n-gram size (0: off)
+                  start_ptr,  # GUARD: prompt_len [S] int, the first generated position of each slot
+                  pen_ptr,  # PENALTY: slot_guard_penalty [S] float, nats below the unsteered logit
                   K: tl.constexpr, KB: tl.constexpr, MAX_ORDER: tl.constexpr, CTX_BLOCK: tl.constexpr,
-                  MAXW: tl.constexpr, PROBE: tl.constexpr, BLOCK: tl.constexpr):
+                  MAXW: tl.constexpr, PROBE: tl.constexpr, BLOCK: tl.constexpr,
+                  ADAPTIVE: tl.constexpr, GUARD: tl.constexpr, PENALTY: tl.constexpr,
+                  WINDOW: tl.constexpr,  # generated tokens the loop guard looks at
+                  WB: tl.constexpr,  # next power of two >= WINDOW
+                  MAX_GUARD: tl.constexpr):  # largest n-gram size the guard accepts
+    # (unused pointers are the op's [1] placeholder tensor: each argument keeps its one meaning)
     row = tl.program_id(0).to(tl.int64)
     slot = tl.load(row_slot_ptr + row).to(tl.int64)
     slot_ok = (slot >= 0) & (slot < n_slots)
@@ -253,15 +300,32 @@ def steer_history(logits_ptr,  # [R, V] float, rows logits_stride apart, last di
     v = tl.load(svar_ptr + slot * svar_row_stride + cols * svar_col_stride, mask=k_ok, other=-1).to(tl.int64)
     s = tl.load(sstr_ptr + slot * sstr_row_stride + cols * sstr_col_stride, mask=k_ok, other=0.0).to(tl.float32)
     s = s * tl.load(scale_ptr + row * scale_row_stride).to(tl.float32)
+    if ADAPTIVE:  # the core's row_scale = adaptive ? entropy : 1, read here instead of gathered in torch
+        adaptive = tl.load(adapt_ptr + slot, mask=slot_ok, other=0) != 0
+        s = s * tl.where(adaptive, tl.load(ent_ptr + row).to(tl.float32), 1.0)
     last = tl.load(row_pos_ptr + row).to(tl.int64)
+    hl = tl.where(slot_ok, hist_len, 0)  # no history at all for a bad slot
     ages = tl.arange(0, CTX_BLOCK)
     p = last - ages
-    p_ok = (ages < MAX_ORDER - 1) & (p >= 0) & (p < tl.where(slot_ok, hist_len, 0))
+    p_ok = (ages < MAX_ORDER - 1) & (p >= 0) & (p < hl)
     toks = tl.load(tok_ptr + slot * tok_row_stride + tl.where(p_ok, p, 0), mask=p_ok, other=-1).to(tl.int64)
+    if GUARD:  # capture the banned tokens' logits before any write of this row
+        g = tl.load(guard_ptr + slot, mask=slot_ok, other=0).to(tl.int32)
+        first = tl.load(start_ptr + slot, mask=slot_ok, other=0).to(tl.int64)
+        row_ptr = logits_ptr + row * logits_stride
+        banned, bans, before = _guard_capture(row_ptr, V, tok_ptr, slot * tok_row_stride, hl, last, first, g,
+                                              WINDOW, WB, MAX_GUARD)
+        tl.debug_barrier()  # every capture load is done before the edit writes
     _steer_row(row, logits_ptr, logits_stride, V, blob_ptr, v, s, toks, K, KB, MAX_ORDER, CTX_BLOCK, MAXW, PROBE, BLOCK)
+    if GUARD:  # banned tokens get their unsteered logit back (minus the penalty): loop_guard.restore_banned
+        tl.debug_barrier()  # after every write of the edit
+        if PENALTY:
+            before = before - tl.load(pen_ptr + slot, mask=slot_ok, other=0.0).to(before.dtype)
+        tl.store(row_ptr + tl.where(bans, banned, 0), before, mask=bans)  # duplicates store one same value
 
 
-ENTRY_POINTS = {"context": ("steer_context", CONTEXT_ARGS), "history": ("steer_history", HISTORY_ARGS)}
+ENTRY_POINTS = {"context": ("steer_context", CONTEXT_ARGS, CONSTEXPR_NAMES),
+                "history": ("steer_history", HISTORY_ARGS, HISTORY_CONSTEXPR_NAMES)}
 
 
 def kernels_for(device):
@@ -273,4 +337,4 @@ def kernels_for(device):
     mod = sys.modules[__name__]
     if getattr(device, "type", str(device)) == "cpu" and not is_interpreted(steer_context):
         mod = interpreted_copy(mod)
-    return {kind: getattr(mod, name) for kind, (name, _) in ENTRY_POINTS.items()}
+    return {kind: getattr(mod, name) for kind, (name, _, _) in ENTRY_POINTS.items()}
