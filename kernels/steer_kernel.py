@@ -249,20 +249,20 @@ def _guard_capture(row_ptr, V, tok_ptr, row_off, hist_len, last, first, g,
                    WINDOW: tl.constexpr, WB: tl.constexpr, MAX_GUARD: tl.constexpr):
     """The loop guard's banned tokens of one row and their logits before steering (loop_guard.py's rule):
     over the row's last WINDOW generated tokens h (positions >= first), every window h[j .. j+g-1] whose
-    first g-1 tokens equal the newest g-1 bans its last token. Returns (banned [WB] int64, whether each
-    lane bans [WB], logits of the banned tokens [WB])."""
+    first g-1 tokens equal the newest g-1 bans its last token. The window is read once (one 4*WINDOW-byte
+    read of the history per row: it may live in host memory, across PCIe) and shifted in registers.
+    Returns (banned [WB] int64, whether each lane bans [WB], logits of the banned tokens [WB])."""
     j = tl.arange(0, WB)  # window start, as an index into h (h[WINDOW-1] is the newest token)
-    base = last - (WINDOW - 1)  # position of h[0]
-    lo = tl.maximum(first, 0)
     gv = j * 0 + g  # g as a vector (vector compares only: see the probe loop's note)
-    on = (gv >= 2) & (j <= WINDOW - gv)
-    match = on
+    h = _history_token(tok_ptr, row_off, last - (WINDOW - 1) + j, tl.maximum(first, 0), hist_len,
+                       (gv >= 2) & (j < WINDOW))  # [WB]
+    match = (gv >= 2) & (j <= WINDOW - gv)
     for d in tl.static_range(MAX_GUARD - 1):
         use = j * 0 + d < gv - 1
-        hj = _history_token(tok_ptr, row_off, base + j + d, lo, hist_len, on & use)
-        sd = _history_token(tok_ptr, row_off, base + (WINDOW - gv + 1) + d, lo, hist_len, on & use)  # suffix token d
+        hj = tl.gather(h, tl.minimum(j + d, WB - 1), 0)  # h[j + d]
+        sd = tl.gather(h, tl.minimum(tl.maximum(WINDOW - gv + 1 + d, 0), WB - 1), 0)  # suffix token d, every lane
         match = match & (~use | ((hj == sd) & (hj >= 0)))
-    banned = _history_token(tok_ptr, row_off, base + j + gv - 1, lo, hist_len, on)
+    banned = tl.gather(h, tl.minimum(tl.maximum(j + gv - 1, 0), WB - 1), 0)  # h[j + g - 1]
     match = match & (banned >= 0) & (banned < V)
     before = tl.load(row_ptr + tl.where(match, banned, 0), mask=match, other=0.0)
     return banned, match, before
