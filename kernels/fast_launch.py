@@ -43,12 +43,15 @@ def _idle(hook) -> bool:
     # Triton 3.6-3.9 keep a HookChain (a list of callables, empty when nobody listens) where older
     # releases kept None; a HookChain object is never None, so testing for None alone would never
     # let the fast path run.
-    return hook is None or (isinstance(getattr(hook, "calls", None), list) and not hook.calls)
+    return hook is None or (type(getattr(hook, "calls", None)) is list and not hook.calls)
+
+
+_RUNTIME = getattr(_knobs, "runtime", None)
 
 
 def hooks_off() -> bool:
     """No launch hooks installed: profilers (e.g. proton) install some, and need Triton's full launch path."""
-    rt = getattr(_knobs, "runtime", None)
+    rt = _RUNTIME
     return rt is not None and _idle(getattr(rt, "launch_enter_hook", None)) and _idle(getattr(rt, "launch_exit_hook", None))
 
 
@@ -61,11 +64,23 @@ def signature_key(args: tuple, consts: tuple, specialised: frozenset = frozenset
     """What selects the compiled kernel: constexprs, tensor dtypes, integer widths, and for the arguments
     Triton may specialise (indices in ``specialised``) what it specialises on: a pointer's 16-byte
     alignment, an integer's divisibility by 16 and whether it equals 1."""
-    key = tuple(a.dtype if isinstance(a, torch.Tensor) else _is_wide(a) for a in args)
-    if specialised:
-        key += tuple((args[i].data_ptr() % 16 == 0) if isinstance(args[i], torch.Tensor)
-                     else (args[i] % 16 == 0, args[i] == 1) for i in sorted(specialised))
-    return consts + key
+    return split_args(args, consts, specialised)[0]
+
+
+def split_args(args: tuple, consts: tuple, specialised: frozenset = frozenset()) -> tuple[tuple, list]:
+    """(signature_key, the launch arguments as integers) in one pass: this runs on every fast launch."""
+    key, raw = list(consts), []
+    for a in args:
+        if type(a) is int:  # the launchers pass ints and tensors only
+            key.append(not -2147483648 <= a < 2147483648)
+            raw.append(a)
+        else:
+            key.append(a.dtype)
+            raw.append(a.data_ptr())
+    for i in sorted(specialised):
+        a = args[i]
+        key.append((raw[i] % 16 == 0, a == 1) if type(a) is int else raw[i] % 16 == 0)
+    return tuple(key), raw
 
 
 class KernelLauncher:
@@ -96,13 +111,13 @@ class KernelLauncher:
     # -- paths ---------------------------------------------------------------------------------------
     def __call__(self, grid: int, args: tuple, consts: tuple) -> None:
         if self.path == "fast" and hooks_off():
-            key = signature_key(args, consts, self.specialised)
+            key, raw = split_args(args, consts, self.specialised)
             compiled = self.compiled.get(key)
             if key in self._standard_only:
                 pass
             elif compiled is not None:
                 try:
-                    self.run_compiled(compiled, grid, args, consts)
+                    self.run_compiled(compiled, grid, args, consts, raw)
                     self.fast_launches += 1
                     return
                 except Exception as exc:  # noqa: BLE001 - any failure: the standard path is always right
@@ -118,11 +133,13 @@ class KernelLauncher:
         """Triton's own launch; returns the CompiledKernel (None under the interpreter)."""
         return self.kernel[(grid,)](*args, **dict(zip(self.constexpr_names, consts)), num_warps=self.num_warps)
 
-    def run_compiled(self, compiled, grid: int, args: tuple, consts: tuple) -> None:
-        """The fast launch: Triton's compiled-kernel launcher called directly (see the module docstring)."""
-        ptrs = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+    def run_compiled(self, compiled, grid: int, args: tuple, consts: tuple, raw: list | None = None) -> None:
+        """The fast launch: Triton's compiled-kernel launcher called directly (see the module docstring).
+        raw: the arguments as integers (tensors as data pointers), when the caller has them."""
+        if raw is None:
+            raw = split_args(args, ())[1]
         compiled.run(grid, 1, 1, self.stream(), compiled.function, compiled.packed_metadata, None, None, None,
-                     *ptrs, *consts)
+                     *raw, *consts)
 
     def stream(self) -> int:
         """The current CUDA stream's handle, as Triton's own launch takes it."""

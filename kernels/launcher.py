@@ -67,6 +67,7 @@ class TritonSteering:
         self._one = torch.ones(1, dtype=torch.float32, device=self.device)  # [1] row scale of every row, stride 0
         tc = self.tables.constexprs()
         self._table_consts = (tc["MAX_ORDER"], tc["CTX_BLOCK"], tc["MAXW"], tc["PROBE"], block)
+        self._consts: dict = {}  # (K, history extras) -> every constexpr of a launch, in signature order
         assert sk.CONSTEXPR_NAMES[2:] == ("MAX_ORDER", "CTX_BLOCK", "MAXW", "PROBE", "BLOCK")
         kernels = sk.kernels_for(self.device)
         entropy_kernel = ek.kernel_for(self.device)
@@ -221,7 +222,9 @@ class TritonSteering:
     def _launch(self, r: int, kind: str, args: tuple, k: int, extra_consts: tuple = ()) -> None:
         """One launch of the ``kind`` ("context" / "history") kernel over r rows with K = k columns
         (extra_consts: the history kernel's ADAPTIVE ... MAX_GUARD)."""
-        consts = (k, _next_pow2(k)) + self._table_consts + extra_consts
+        consts = self._consts.get((k, extra_consts))
+        if consts is None:
+            consts = self._consts[(k, extra_consts)] = (k, _next_pow2(k)) + self._table_consts + extra_consts
         if self.graphs and self._cuda:
             gkey = self._graph_key(r, kind, args, consts)
             g = self._graphs.get(gkey)

@@ -58,9 +58,9 @@ def _forced_fast(ts, kind, fast_behaviour):
 
     launcher.standard = standard
     if fast_behaviour == "right":
-        launcher.run_compiled = lambda compiled, grid, args, consts: real_standard(grid, args, consts)
+        launcher.run_compiled = lambda compiled, grid, args, consts, *raw: real_standard(grid, args, consts)
     elif fast_behaviour == "silent":
-        launcher.run_compiled = lambda compiled, grid, args, consts: None
+        launcher.run_compiled = lambda compiled, grid, args, consts, *raw: None
     elif fast_behaviour == "api-changed":
         launcher.stream = lambda: 0
     return launcher
