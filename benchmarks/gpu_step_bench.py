@@ -45,6 +45,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -211,6 +212,36 @@ def peak_extra_bytes(fn, device) -> int | None:
     return torch.cuda.max_memory_allocated() - before
 
 
+def measure(step, core, styles, batch, vocab, fraction, where, dec, dec_wall, device, timer, smoke, n_fast) -> dict:
+    """Syncs, memory and timings of one configuration's apply()."""
+    proc, logits, ctx = step["proc"], step["logits"], step["ctx"]
+    row = dict(batch=batch, vocab=vocab, fraction=fraction, styles=len(styles), history=where,
+               history_how=step["how"], decode_us=dec, decode_wall_us=dec_wall,
+               syncs=count_syncs(step, device, calls=1 if smoke else 3),
+               apply_peak_extra_bytes=peak_extra_bytes(lambda: proc.apply(logits, ctx), device),
+               torch_entropy_peak_extra_bytes=peak_extra_bytes(lambda: adaptive_scale(logits), device))
+
+    def apply():
+        proc.apply(logits, ctx)
+
+    op = core.op
+    for graphs in (False, True) if device.type == "cuda" else (False,):
+        op.graphs = graphs
+        tag = "graph_" if graphs else ""
+        row[tag + "wall_us"] = timer.wall_us(apply, **n_fast)
+        row[tag + "host_us"] = timer.host_us(apply, **n_fast)
+        row[tag + "gpu_us"] = timer.gpu_us(apply, row[tag + "host_us"])
+    op.graphs = False
+
+    def stage():
+        proc.add_request(0, vs.sampling_params_stand_in({"style": styles[0].name, "style_strength": 0.3}))
+        proc.apply_staged_writes()
+
+    row["stage_us"] = timer.wall_us(stage, **n_fast)
+    row["fast_path"] = [f"{k}: {'fell back: ' + v.failure if v.failure else v.path}" for k, v in op.launchers.items()]
+    return row
+
+
 def main(argv=None) -> int:
     return run(argv)["rc"]
 
@@ -275,34 +306,14 @@ def run(argv=None) -> dict:
                     failed = True
                     notes.append(f"{label}: correctness {verdict}")
                     continue
-                proc, logits, ctx = step["proc"], step["logits"], step["ctx"]
-                row = dict(batch=batch, vocab=vocab, fraction=fraction, styles=len(styles), history=where,
-                           history_how=step["how"], decode_us=dec, decode_wall_us=dec_wall,
-                           syncs=count_syncs(step, device, calls=1 if smoke else 3),
-                           apply_peak_extra_bytes=peak_extra_bytes(lambda: proc.apply(logits, ctx), device),
-                           torch_entropy_peak_extra_bytes=peak_extra_bytes(lambda: adaptive_scale(logits), device))
-
-                def apply():
-                    proc.apply(logits, ctx)
-
-                op = core.op
-                for graphs in (False, True) if device.type == "cuda" else (False,):
-                    op.graphs = graphs
-                    tag = "graph_" if graphs else ""
-                    row[tag + "wall_us"] = timer.wall_us(apply, **n_fast)
-                    row[tag + "host_us"] = timer.host_us(apply, **n_fast)
-                    row[tag + "gpu_us"] = timer.gpu_us(apply, row[tag + "host_us"])
-                op.graphs = False
-
-                def stage():
-                    proc.add_request(0, vs.sampling_params_stand_in({"style": styles[0].name, "style_strength": 0.3}))
-                    proc.apply_staged_writes()
-
-                row["stage_us"] = timer.wall_us(stage, **n_fast)
-                row["fast_path"] = [f"{k}: {'fell back: ' + v.failure if v.failure else v.path}"
-                                    for k, v in op.launchers.items()]
-                results.append(row)
-                print(json.dumps(row), flush=True)
+                try:  # correctness passed: a measurement that raises is reported, the others still run
+                    results.append(measure(step, core, styles, batch, vocab, fraction, where, dec, dec_wall, device,
+                                           timer, smoke, n_fast))
+                except Exception as exc:  # noqa: BLE001
+                    notes.append(f"{label}: measurement raised {type(exc).__name__}: {exc}")
+                    print(traceback.format_exc(), flush=True)
+                    continue
+                print(json.dumps(results[-1]), flush=True)
                 del step
     md = render(results, run, adapter_from, notes, time.perf_counter() - t_start, core)
     print(md)

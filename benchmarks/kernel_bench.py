@@ -36,6 +36,7 @@ if "--cpu-smoke" in sys.argv:
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -141,7 +142,7 @@ def launch_floors(device, timer) -> dict:
     return out
 
 
-def time_config(ts, ref, naive, batch, variants, n_styles, device, timer, bandwidth, rng, smoke) -> dict:
+def time_config(ts, ref, naive, batch, variants, n_styles, device, timer, bandwidth, rng, smoke, uva=True) -> dict:
     """Every timing of one (B, V, styles) configuration."""
     lg, var, st, ctx = batch["logits"], batch["variant"], batch["strength"], batch["context"]
     b, v = lg.shape
@@ -164,7 +165,7 @@ def time_config(ts, ref, naive, batch, variants, n_styles, device, timer, bandwi
         ts.graphs = True
         row["graph_wall_us"] = timer.wall_us(apply)
         ts.graphs = False
-    for where in ("device", "uva") if cuda else ("device",):
+    for where in ("device", "uva") if cuda and uva else ("device",):
         hist, row_slot, row_pos, _ = history_from_context(ctx, 64, torch.int32, device, where)
         happly = lambda: ts.apply_from_history(lg, row_slot, row_pos, hist, var, st)  # noqa: E731
         row[f"hist_{where}_wall_us"] = timer.wall_us(happly)
@@ -189,17 +190,19 @@ def time_config(ts, ref, naive, batch, variants, n_styles, device, timer, bandwi
 def sweeps(variants, device, timer, rng, vocab) -> list[str]:
     """Entries per vector step (BLOCK) / warps of the steering kernel; BLOCK_V / warps of the entropy kernel."""
     lines = []
+    steer = {(block, warps): TritonSteering(variants[:1], device, block=block, num_warps=warps)
+             for block, warps in ((128, 4), (256, 4), (512, 4), (256, 8), (1024, 8))}
+    ent = {(bv, warps): TritonSteering(variants[:1], device, entropy_block=bv, entropy_warps=warps)
+           for bv, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16))}
     for b in (256, 1024):
         batch = make_batch(variants[:1], b, vocab, device, rng, 1)
         lg, var, st, ctx = batch["logits"], batch["variant"], batch["strength"], batch["context"]
         cells = []
-        for block, warps in ((128, 4), (256, 4), (512, 4), (256, 8), (1024, 8)):
-            tsb = TritonSteering(variants[:1], device, block=block, num_warps=warps)
+        for (block, warps), tsb in steer.items():
             wall = timer.wall_us(lambda: tsb.apply(lg, var, st, ctx))
             cells.append(f"BLOCK {block}/{warps} warps {fmt(timer.gpu_us(lambda: tsb.apply(lg, var, st, ctx), wall))}")
         ecells = []
-        for block_v, warps in ((2048, 4), (4096, 8), (8192, 8), (8192, 16)):
-            tse = TritonSteering(variants[:1], device, entropy_block=block_v, entropy_warps=warps)
+        for (block_v, warps), tse in ent.items():
             wall = timer.wall_us(lambda: tse.normalised_entropy(lg))
             ecells.append(f"BLOCK_V {block_v}/{warps} warps {fmt(timer.gpu_us(lambda: tse.normalised_entropy(lg), wall))}")
         lines.append(f"B={b}, V={vocab}, 1 style, GPU us: steering kernel " + "; ".join(cells) +
@@ -254,6 +257,7 @@ def run(argv=None) -> dict:
     ap.add_argument("--styles", default="1,4")
     ap.add_argument("--budget", type=float, default=240, help="seconds after which no new configuration starts")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-uva", action="store_true", help="time the token history in device memory only")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -289,7 +293,8 @@ def run(argv=None) -> dict:
 
     # 1. correctness on this device, before any timing
     t0 = time.perf_counter()
-    problems, checked, fast_lines = check_op(styles_for(vocabs[0]), device, rng, vocabs[0], rows=6 if smoke else 64)
+    problems, checked, fast_lines = check_op(styles_for(vocabs[0]), device, rng, vocabs[0], rows=6 if smoke else 64,
+                                             uva=not args.no_uva)
     if problems:
         print("correctness: FAIL\n  " + "\n  ".join(problems), flush=True)
         return dict(rc=1, md="Kernel correctness: FAIL\n\n" + "\n".join(f"- {p}" for p in problems) + "\n", rows=[],
@@ -316,12 +321,22 @@ def run(argv=None) -> dict:
                     skipped += 1
                     continue
                 batch = make_batch(variants, b, v, device, rng, n_styles)
-                rows.append(time_config(ts, ref, naive, batch, variants, n_styles, device, timer, bandwidth, rng, smoke))
+                try:  # correctness passed above: a timing that raises is reported, the others still run
+                    rows.append(time_config(ts, ref, naive, batch, variants, n_styles, device, timer, bandwidth, rng,
+                                            smoke, uva=not args.no_uva))
+                except Exception as exc:  # noqa: BLE001
+                    lines.append(f"B={b}, V={v}, {n_styles} style(s): timing raised {type(exc).__name__}: {exc}")
+                    print(traceback.format_exc(), flush=True)
+                    continue
                 print(json.dumps({k: (round(x, 2) if isinstance(x, float) else x) for k, x in rows[-1].items()}), flush=True)
                 del batch
             fast_lines = fast_path_status(ts)
     if device.type == "cuda" and not args.no_sweep and time.perf_counter() - t_start < args.budget:
-        lines += sweeps(styles_for(vocabs[0]), device, timer, rng, vocabs[0])
+        try:
+            lines += sweeps(styles_for(vocabs[0]), device, timer, rng, vocabs[0])
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"sweep raised {type(exc).__name__}: {exc}")
+            print(traceback.format_exc(), flush=True)
     if skipped:
         lines.append(f"({skipped} configurations skipped: the run reached its {args.budget:.0f} s budget)")
     lines.append("Fast path after the timings: " + "; ".join(fast_lines))
