@@ -106,7 +106,7 @@ class KernelLauncher:
         self.fast_launches = 0  # calls that went through the fast path (for tests and benchmarks)
         self.failure: str | None = None  # why the fast path was given up, if it was
         self._standard_only: set = set()  # signature keys the self-check cannot cover (stay standard)
-        self._get_stream = self._device_index = None
+        self._get_stream = self._get_device = None
 
     # -- paths ---------------------------------------------------------------------------------------
     def __call__(self, grid: int, args: tuple, consts: tuple) -> None:
@@ -142,13 +142,13 @@ class KernelLauncher:
                      *raw, *consts)
 
     def stream(self) -> int:
-        """The current CUDA stream's handle, as Triton's own launch takes it."""
+        """The current device's current CUDA stream handle, looked up on every call as Triton's own launch does."""
         if self._get_stream is None:
             from triton.runtime import driver
 
             self._get_stream = driver.active.get_current_stream
-            self._device_index = torch.cuda.current_device()
-        return self._get_stream(self._device_index)
+            self._get_device = driver.active.get_current_device
+        return self._get_stream(self._get_device())
 
     def give_up(self, why: str) -> None:
         self.failure = why
