@@ -1,14 +1,17 @@
-"""What the GPU benchmark scripts share: importing the package from this checkout, and timing.
+"""What the GPU benchmark scripts share: importing the package from this checkout, timing, the run's
+description, and where results go.
 
-Used by benchmarks/kernel_bench.py and benchmarks/gpu_step_bench.py, which must run on a bare GPU
+Used by benchmarks/kernel_bench.py, gpu_step_bench.py and gpu_check.py, which must run on a bare GPU
 machine (torch, triton and numpy only: no vLLM, nothing installed). Import this module after the
 script has set TRITON_INTERPRET for --cpu-smoke (triton reads it when first imported; this module
 imports torch, which does not import triton).
 """
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -79,6 +82,8 @@ class Timer:
 
     def host_us(self, fn, n=50, reps=3) -> float:
         """Host time per call: calls queued behind a GPU sleep, so the host never waits for the device."""
+        if self.smoke:
+            return self.wall_us(fn)
         fn()
         self.sync()
         out = []
@@ -129,3 +134,68 @@ def table_shape(smoke: bool) -> dict:
     if smoke:
         return dict(contexts=(1, 12, 30), entries=(16, 60, 60), top_k=16)
     return dict(contexts=DON_QUIXOTE["contexts"], entries=DON_QUIXOTE["entries"], top_k=512)
+
+
+def describe_run(device, argv=None, script=None) -> dict:
+    """Card (as torch names it), date, versions and the command, for every results section."""
+    import numpy as np
+    import triton
+
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreter; NOT performance)"
+    command = shlex.join(["python", os.path.relpath(script or sys.argv[0], ROOT)] + list(sys.argv[1:] if argv is None
+                                                                                        else argv))
+    return dict(card=card, date=datetime.date.today().isoformat(), torch=torch.__version__, triton=triton.__version__,
+                numpy=np.__version__, cuda=getattr(torch.version, "cuda", None), command=command,
+                env=f"torch {torch.__version__} (CUDA {getattr(torch.version, 'cuda', None)}), triton "
+                    f"{triton.__version__}, numpy {np.__version__}")
+
+
+def out_dir() -> str | None:
+    """$OUT when set (the GPU machine returns only what is written there), else None."""
+    return os.environ.get("OUT") or None
+
+
+def write_results(markdown: str, name: str, device, append_to_results: bool) -> str:
+    """Write a results section: to $OUT/<name>.md when $OUT is set, else (on a GPU, when asked) appended
+    to benchmarks/RESULTS.md. Returns where it went ('' if nowhere)."""
+    out = out_dir()
+    if out:
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, f"{name}.md")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(markdown)
+        return path
+    if device.type == "cuda" and append_to_results:
+        with open(RESULTS, "a", encoding="utf-8") as fh:
+            fh.write("\n" + markdown)
+        return RESULTS
+    return ""
+
+
+def copy_bandwidth(device, nbytes=1 << 30) -> float | None:
+    """Device-to-device copy bandwidth in bytes/s (read + write counted), median of 5; None on CPU."""
+    if device.type != "cuda":
+        return None
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    b = torch.empty_like(a)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    out = []
+    for _ in range(6):
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        out.append(2 * nbytes / (s.elapsed_time(e) / 1e3))
+    del a, b
+    torch.cuda.empty_cache()
+    return statistics.median(out[1:])
+
+
+def fmt(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.1f}" if x < 1000 else f"{x:,.0f}"
+
+
+def ratio(a, b) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:,.1f}x"

@@ -73,7 +73,7 @@ def _extra(i: int, fraction: float):
 def _stub_launch(proc):
     """Replace the Triton launch by a recorder; returns the list of launched row counts."""
     launched = []
-    proc.core.op._launch = lambda r, args, from_history, has_scale: launched.append(r)
+    proc.core.op._launch = lambda r, *launch_args: launched.append(r)
     return launched
 
 

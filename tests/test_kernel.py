@@ -64,7 +64,7 @@ def touched_mask(ref, logits, variant, strength, ctx):
 
 def check(ts, ref, logits, variant, strength, ctx, row_scale=None):
     """Kernel == reference within tolerance; every position the reference leaves alone is bit-identical."""
-    eff = strength if row_scale is None else strength * row_scale
+    eff = strength if row_scale is None else strength * (row_scale if strength.dim() == 1 else row_scale[:, None])
     expect = ref.apply(logits.clone(), variant, eff, ctx)
     got = ts.apply(logits.clone(), variant, strength, ctx, row_scale=row_scale)
     torch.testing.assert_close(got, expect, atol=2e-5, rtol=1e-5, equal_nan=True)
@@ -86,8 +86,9 @@ def test_constants_match_the_table_layout():
     assert (sk._HEADER_WORDS.value, sk._ORDER_FIELDS.value) == (gt.HEADER_WORDS, gt.ORDER_FIELDS)
     assert (gt.O_SLOT_BASE, gt.O_HOME_RANGE, gt.O_TOTAL_SLOTS, gt.O_PROBE_BLOCKS, gt.O_WORDS, gt.O_SEED) == \
         (0, 1, 2, 3, 4, 5)  # the kernel reads them as hb + 0..5
-    names = list(inspect.signature(sk._steer_rows).parameters)
-    assert tuple(names) == sk.ARG_NAMES + sk.CONSTEXPR_NAMES
+    for kind, (entry, args, consts) in sk.ENTRY_POINTS.items():
+        names = list(inspect.signature(getattr(sk, entry).fn).parameters)
+        assert tuple(names) == args + consts, kind
 
 
 def test_host_lookup_mirror_matches_reference():

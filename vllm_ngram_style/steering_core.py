@@ -82,6 +82,12 @@ class SteeringCore:
         slot_adaptive [S] bool; slot_guard [S] int32 (0 = off) with guard_sizes its distinct nonzero
         values in this batch; prompt_len [S]: where each slot's generated tokens start (the loop
         guard's window); slot_guard_penalty [S] float32 nats (strength x loop penalty) or None."""
+        if getattr(self.op, "fuses_history_extras", False):  # the Triton op reads these per slot in its kernel
+            self.op.apply_from_history(logits, row_slot, row_last_pos, all_token_ids, slot_variant, slot_strength,
+                                       slot_adaptive=slot_adaptive, slot_guard=slot_guard if guard_sizes else None,
+                                       prompt_len=prompt_len, slot_guard_penalty=slot_guard_penalty if guard_sizes
+                                       else None, guard_window=LOOP_GUARD_WINDOW)
+            return logits
         adaptive = guard = history = penalty = None
         if slot_adaptive is not None or guard_sizes:
             # Only these torch gathers want int64 indices; the op reads int32 or int64 as given, so the
