@@ -94,7 +94,7 @@ def _check(result, original, expect, rows_checked):
             rows_checked.append(i)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_v1_blends_equal_the_sum_of_single_style_edits(tiny_tokenizer_dir, packs, backend, monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
@@ -127,7 +127,7 @@ def test_v1_blends_equal_the_sum_of_single_style_edits(tiny_tokenizer_dir, packs
     assert len(steered) > 60 and len(calls) == 12  # one op call per step, blends or not
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_v2_blends_equal_the_sum_of_single_style_edits(tiny_tokenizer_dir, packs, backend, monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
