@@ -26,5 +26,5 @@ if __name__ == "__main__":
     bench.add_arguments(ap)
     ap.set_defaults(results=os.path.join(ROOT, "benchmarks", "RESULTS.md"),
                     plot=os.path.join(ROOT, "benchmarks", "results", "throughput_cpu.png"),
-                    corpora=os.environ.get("VLLM_NGRAM_STYLE_CORPORA") or os.path.join(ROOT, "..", "shared", "corpora"))
+                    corpora=os.environ.get("NGRAM_STYLE_CORPORA") or os.path.join(ROOT, "..", "shared", "corpora"))
     sys.exit(bench.run(ap.parse_args()))

@@ -100,7 +100,7 @@ def bench_v1(cfg, backend: str, batch: int, vocab: int, fraction: float, steps: 
         proc.req_info.clear()
         launched = None
     else:
-        os.environ["VLLM_NGRAM_STYLE_BACKEND"] = backend
+        os.environ["NGRAM_STYLE_BACKEND"] = backend
         proc = NgramStyleLogitsProcessor(cfg, torch.device("cpu"), False)
         launched = _stub_launch(proc) if backend == "triton" else None
     outputs = [stream.take(PROMPT_LEN) for _ in range(batch)]  # live output lists
@@ -143,7 +143,7 @@ def bench_v2(cfg, backend: str, batch: int, vocab: int, fraction: float, steps: 
 
     from vllm_ngram_style.adapters.v2 import V2StyleProcessor as V2  # noqa: N813
 
-    os.environ["VLLM_NGRAM_STYLE_BACKEND"] = backend
+    os.environ["NGRAM_STYLE_BACKEND"] = backend
     max_len = PROMPT_LEN + steps + 8
     rs = vs.v2_request_states(batch, max_len, vocab, "cpu")
     ids = rs.all_token_ids.gpu  # [S, L]

@@ -19,16 +19,17 @@ Row r gets row_scale[r] * sum_k strength[r, k] * sum_n D_{variant[r, k], n}(c_n(
 with variant -1 (or outside the table) or strength 0 add nothing, and a row with no active column is
 never written (bit for bit). Each op has ``backend`` (its name), ``max_order``, ``context_len``.
 
-``make_steering_op`` picks one: VLLM_NGRAM_STYLE_BACKEND=auto (default) | triton | reference.
+``make_steering_op`` picks one: NGRAM_STYLE_BACKEND=auto (default) | triton | reference.
 """
 from __future__ import annotations
 
 import logging
-import os
+
+from vllm_ngram_style.settings import env_name, getenv
 
 logger = logging.getLogger(__name__)
 
-ENV_BACKEND = "VLLM_NGRAM_STYLE_BACKEND"
+ENV_BACKEND = env_name("BACKEND")  # NGRAM_STYLE_BACKEND (vllm_ngram_style/settings.py)
 BACKENDS = ("auto", "triton", "reference")
 
 
@@ -36,7 +37,7 @@ def resolve_backend(backend: str | None, device) -> str:
     """The backend name to build for ``device``: auto -> triton on CUDA, reference elsewhere."""
     import torch
 
-    choice = (backend or os.environ.get(ENV_BACKEND) or "auto").lower()
+    choice = (backend or getenv("BACKEND") or "auto").lower()
     if choice not in BACKENDS:
         from vllm_ngram_style.errors import ConfigError
 
@@ -50,7 +51,7 @@ def make_steering_op(variants: list, device, backend: str | None = None):
     """The op for ``variants`` (a list of CompiledStyle; a row's variant id is its index) on ``device``.
     An automatic choice that fails to build falls back to the reference op with one warning; an
     explicit one raises."""
-    explicit = (backend or os.environ.get(ENV_BACKEND) or "auto").lower() != "auto"
+    explicit = (backend or getenv("BACKEND") or "auto").lower() != "auto"
     name = resolve_backend(backend, device)
     if name == "triton":
         try:

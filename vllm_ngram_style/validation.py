@@ -2,7 +2,7 @@
 
 vLLM calls the classmethod ``validate_params(params)`` at admission and passes no configuration,
 so the configuration is found, in this order:
-1. the file named by VLLM_NGRAM_STYLE_CONFIG: ``vllm-ngram-style serve`` writes the resolved
+1. the file named by NGRAM_STYLE_CONFIG: ``vllm-ngram-style serve`` writes the resolved
    configuration there and sets the variable for the vLLM process it starts (explicit);
 2. fallback, for vLLM started by hand or the offline ``LLM`` API: the additional_config of the
    vLLM InputProcessor that is calling us (``config_of_calling_input_processor``; a test reads
@@ -19,6 +19,7 @@ from typing import Mapping
 
 from .config import ENV_CONFIG, SECTION, StyleConfig, read_config
 from .errors import RequestError
+from .settings import getenv
 from .request_args import StyleRequest, is_style_key, parse_request_args
 
 _active: list[StyleConfig] = []  # configurations of processors built in this process
@@ -47,7 +48,7 @@ def config_of_calling_input_processor(max_depth: int = 12) -> tuple[bool, Mappin
 
 def config_for_validation() -> StyleConfig | None:
     """Light lookup of the serving configuration (no packs are loaded); see the module docstring."""
-    env_path = os.environ.get(ENV_CONFIG)
+    env_path = getenv("CONFIG")
     if env_path:
         try:  # keyed on the file's mtime too: an operator may rewrite it while the server runs
             stamp = os.stat(env_path).st_mtime_ns

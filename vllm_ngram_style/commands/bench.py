@@ -19,6 +19,7 @@ from ..bench.e2e import E2EModel, E2ESettings, default_variants, run_e2e, summar
 from ..bench.packs import corpus_for, real_packs, tiny_model_and_packs, token_stream
 from ..bench.report import machine_description, markdown_table, plot, vllm_version
 from ..config import parse_style_flags
+from ..settings import getenv
 
 # vLLM's CPU backend on small shared machines: see docs/vllm-notes.md
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1",
@@ -33,9 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--style", action="append", default=[], metavar="NAME=PACK",
                    help="styles for a model folder given in --models (default for smollm2: packs counted from "
                         "--corpora, cached)")
-    p.add_argument("--corpora", default=os.environ.get("VLLM_NGRAM_STYLE_CORPORA"), metavar="DIR",
+    p.add_argument("--corpora", default=getenv("CORPORA"), metavar="DIR",
                    help="folder with the corpora of the smollm2 styles (cervantes_don_quixote.txt, "
-                        "austen_six_novels.txt, bible_kjv.txt, brown_news.txt); default $VLLM_NGRAM_STYLE_CORPORA. "
+                        "austen_six_novels.txt, bible_kjv.txt, brown_news.txt); default $NGRAM_STYLE_CORPORA. "
                         "Without it only quixote is available (the corpus shipped with the package)")
     p.add_argument("--max-tokens", type=int, default=16,
                    help="mean output tokens per request (default 16; the tiny model, ~100x cheaper per token, gets 2x this)")

