@@ -63,7 +63,7 @@ def resolve_threads(threads: int | None = None) -> int:
 
 def _view(t, what: str, dtypes) -> np.ndarray:
     """A CPU tensor as a numpy view (no copy)."""
-    if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+    if not isinstance(t, torch.Tensor) or not t.is_cpu:
         raise NgramStyleError(f"{what} must be a CPU torch tensor, got {type(t).__name__}"
                               + (f" on {t.device}" if isinstance(t, torch.Tensor) else ""))
     if t.dtype not in dtypes:
@@ -89,7 +89,7 @@ def _columns(variant, strength, rows: int, names: tuple) -> tuple:
 
 def _flat_logits(logits) -> tuple[np.ndarray, int]:
     """logits [R, V] (R, V >= 1) -> (flat 1-D numpy view over its rows, row stride in elements)."""
-    if not isinstance(logits, torch.Tensor) or logits.device.type != "cpu" or logits.dtype not in _LOGIT_VIEWS:
+    if not isinstance(logits, torch.Tensor) or not logits.is_cpu or logits.dtype not in _LOGIT_VIEWS:
         raise NgramStyleError("logits must be a CPU tensor of float32, float64, bfloat16 or float16, got "
                               + (f"{logits.dtype} on {logits.device}" if isinstance(logits, torch.Tensor)
                                  else type(logits).__name__))
@@ -98,7 +98,7 @@ def _flat_logits(logits) -> tuple[np.ndarray, int]:
     if (v > 1 and logits.stride(1) != 1) or stride < v:
         raise NgramStyleError(f"logits must be [R, V] with contiguous, non-overlapping rows, got shape "
                               f"{tuple(logits.shape)} strides {logits.stride()}")
-    base = logits.detach()
+    base = logits.detach() if logits.requires_grad else logits
     view = _LOGIT_VIEWS[logits.dtype]
     if view is not None:
         base = base.view(view)

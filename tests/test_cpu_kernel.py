@@ -11,6 +11,9 @@ within 1e-4. Entropy: normalised_entropy equals adaptive.adaptive_scale within 1
 (both are float32 computations; the torch one with a full softmax).
 """
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -445,3 +448,12 @@ def test_backend_selection_and_fallback(monkeypatch, caplog):
     monkeypatch.setenv(kernels.ENV_BACKEND, "cpu")
     with pytest.raises(RuntimeError, match="numba failed"):
         kernels.make_steering_op(variants, "cpu")
+
+
+def test_benchmark_quick_smoke():
+    """benchmarks/cpu_op_bench.py --quick: every op of the benchmark on a tiny synthetic pack, checked first."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "cpu_op_bench.py"), "--quick"],
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "correctness: PASS" in out.stdout and "| 16 | 4096 | 2 |" in out.stdout
