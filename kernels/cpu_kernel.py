@@ -29,7 +29,7 @@ import torch
 from vllm_ngram_style.contract import CompiledStyle
 from vllm_ngram_style.errors import ConfigError, NgramStyleError
 
-from . import cpu_loops as loops
+from . import cpu_entropy, cpu_loops as loops
 from .gpu_tables import DEFAULT_LOAD_FACTOR, DEFAULT_PROBE, GpuTables, build_tables
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,8 @@ class CpuSteering:
             raise NgramStyleError(f"context must be [{r}, >= {m}], got {tuple(context.shape)}")
         ctx = _ids(context, "context")
         scale, has_scale = self._scale(row_scale, r, s.dtype)
+        if scale.dtype != s.dtype:  # mixed float32 / float64: both in float64, as torch promotes
+            s, scale = s.astype(np.float64), scale.astype(np.float64)
         if r == 0 or logits.shape[1] == 0:
             return logits
         flat, stride = _flat_logits(logits)
@@ -177,6 +179,8 @@ class CpuSteering:
         ids = _view(all_token_ids, "all_token_ids", _INTS)  # [S, L] as it is: large, never copied
         slot, last = _ids(row_slot, "row_slot"), _ids(row_last_pos, "row_last_pos")
         scale, has_scale = self._scale(row_scale, r, ss.dtype)
+        if scale.dtype != ss.dtype:  # mixed float32 / float64: both in float64, as torch promotes
+            ss, scale = ss.astype(np.float64), scale.astype(np.float64)
         if r == 0 or logits.shape[1] == 0:
             return logits
         flat, stride = _flat_logits(logits)
@@ -196,9 +200,9 @@ class CpuSteering:
         if r and logits.shape[1]:
             flat, stride = _flat_logits(logits)
             if self._parallel(r):
-                loops.entropy_rows_par(flat, stride, logits.shape[1], out, self._chunks(r))
+                cpu_entropy.entropy_rows_par(flat, stride, logits.shape[1], out, self._chunks(r))
             else:
-                loops.entropy_rows(flat, stride, logits.shape[1], out, 0, r)
+                cpu_entropy.entropy_rows(flat, stride, logits.shape[1], out, 0, r)
         else:
             out[:] = np.nan  # what the torch formula gives for V = 0
         return torch.from_numpy(out)

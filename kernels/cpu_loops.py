@@ -1,5 +1,5 @@
-"""The CPU kernel's compiled loops (numba): the steering contract over gpu_tables' flat buffer, and
-the streaming normalised entropy. kernels/cpu_kernel.py checks inputs and calls these.
+"""The CPU op's steering loops, compiled (numba): the contract over gpu_tables' flat buffer, one row
+at a time, for both context sources. kernels/cpu_kernel.py checks inputs and calls these.
 
 Semantics mirror the Triton kernel (steer_kernel.py) and the host mirror gpu_tables.lookup_host:
 order 1 is a direct index, orders n >= 2 hash the packed key (same wrapping int64 arithmetic) and
@@ -14,136 +14,22 @@ so this equals a correctly rounded float32 product), orders in ascending order a
 order, columns in ascending order: the accumulation order of the reference op's index_put_, so
 with the same (float32) deltas the result is bit-identical to it.
 
-Logits arrive as a flat 1-D view (row r starts at r * stride): float32, float64, or the raw bits of
-bfloat16 (int16 view) / float16 (uint16 view), which numpy and numba lack; their arithmetic is
-done in float32 and rounded back to nearest-even.
+Logits arrive as a flat 1-D view (row r starts at r * stride) of any dtype cpu_numeric.py handles.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import prange
 
+from .cpu_numeric import add_scaled, f32_from_bits, jit
 from .gpu_tables import (H_ENT_BASE, H_NUM_ENTRIES, H_NUM_VARIANTS, H_TB, H_UNI_BASE, HEADER_WORDS, LAST_FLAG,
                          MULT_A, MULT_B, O_HOME_RANGE, O_PROBE_BLOCKS, O_SEED, O_SLOT_BASE, O_TOTAL_SLOTS, O_WORDS,
                          ORDER_FIELDS)
 
-# Reassociation lets LLVM vectorise the entropy's sums; no nnan/ninf: -inf logits are legal input.
-_SUM_FLAGS = {"reassoc", "nsz", "contract", "arcp"}
-_LANES = 16  # independent running maxima: a vectorisable max reduction without fast-math
-_BLOCK = 1024  # entropy sums: float32 within a block of this many logits, float64 across blocks
-_EXP_LOW = np.float32(-87.0)  # exp(-87) = 1.6e-38: below this a term is 0 next to the row max's 1
-
-
-def _jit(**opts):
-    """njit with an on-disk cache where one can be written (the source tree, else numba's user-wide
-    cache dir); without it every process compiles afresh (a few seconds, once)."""
-    opts = dict(nogil=True, error_model="numpy", **opts)
-
-    def wrap(fn):
-        try:
-            return njit(cache=True, **opts)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            return njit(**opts)(fn)
-
-    return wrap
-
-
-# ---- bit casts (LLVM instructions: no libm, vectorisable) ----------------------------------------
-
-@intrinsic
-def _f32_from_bits(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def _f16_to_f32(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-    return types.float32(types.uint16), codegen
-
-
-@intrinsic
-def _f32_to_f16(typingctx, x):
-    def codegen(context, builder, sig, args):  # fptrunc rounds to nearest-even, as torch's .half() does
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-    return types.uint16(types.float32), codegen
-
-
-@njit(inline="always")
-def _bf16_to_f32(x):
-    return _f32_from_bits(np.int32((np.int64(x) & 0xFFFF) << 16))
-
-
-@njit(inline="always")
-def _f32_to_bf16(y):
-    u = np.int64(_f32_bits(y)) & 0xFFFFFFFF
-    if y != y:
-        return np.int16(0x7FC0)  # torch's canonical bfloat16 NaN
-    return np.int16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)  # round to nearest-even
-
-
-# ---- element access by logits dtype ----------------------------------------------------------------
-
-def _get(a, i):
-    """a[i] as float32 (the precision of adaptive.py's formula, which computes in float32)."""
-
-
-def _add(a, i, s, d):
-    """a[i] += float(s * d) in a's precision (float32 for the 16-bit formats), rounded once per add."""
-
-
-@overload(_get, inline="always")
-def _get_impl(a, i):
-    dt = a.dtype
-    if dt == types.float32:
-        return lambda a, i: a[i]
-    if dt == types.float64:
-        return lambda a, i: np.float32(a[i])
-    if dt == types.int16:
-        return lambda a, i: _bf16_to_f32(a[i])
-    if dt == types.uint16:
-        return lambda a, i: _f16_to_f32(a[i])
-    return None
-
-
-@overload(_add, inline="always")
-def _add_impl(a, i, s, d):
-    dt = a.dtype
-    if dt == types.float32:
-        def add32(a, i, s, d):
-            a[i] = a[i] + np.float32(np.float64(s) * np.float64(d))
-        return add32
-    if dt == types.float64:
-        def add64(a, i, s, d):
-            a[i] = a[i] + np.float64(s) * np.float64(d)
-        return add64
-    if dt == types.int16:
-        def add_bf16(a, i, s, d):
-            a[i] = _f32_to_bf16(_bf16_to_f32(a[i]) + np.float32(np.float64(s) * np.float64(d)))
-        return add_bf16
-    if dt == types.uint16:
-        def add_f16(a, i, s, d):
-            a[i] = _f32_to_f16(_f16_to_f32(a[i]) + np.float32(np.float64(s) * np.float64(d)))
-        return add_f16
-    return None
-
 
 # ---- lookups and the per-row edit ------------------------------------------------------------------
 
-@_jit()
+@jit()
 def max_key_words(blob, max_order):
     """Most 64-bit words of any order's key (the size of the key scratch array)."""
     most = 1
@@ -152,7 +38,7 @@ def max_key_words(blob, max_order):
     return most
 
 
-@_jit()
+@jit()
 def _find(blob, probe, n, v, ages, words):
     """Entry index (relative to the entry array) of order n's context (v, ages[:n-1]), or -1.
     ages [>= n-1] int64: tokens by age (0 = newest), all valid here; words [>= W_n] int64 scratch."""
@@ -195,20 +81,20 @@ def _find(blob, probe, n, v, ages, words):
     return -1
 
 
-@_jit()
+@jit()
 def _add_entries(out, row0, width, blob, i, end, s):
     """Add s x delta for the context whose first entry is blob[i], up to its LAST_FLAG entry."""
     while i < end:
         e = blob[i]
         tok = e & 0x7FFFFFFF
         if tok < width:  # a pack's vocabulary may be wider than the logits
-            _add(out, row0 + tok, s, _f32_from_bits(np.int32(e >> 32)))
+            add_scaled(out, row0 + tok, s, f32_from_bits(np.int32(e >> 32)))
         if e & LAST_FLAG:
             return
         i += 1
 
 
-@_jit()
+@jit()
 def _active(vs, ss, has_scale, sc, nv):
     for k in range(vs.shape[0]):
         s = ss[k] * sc if has_scale else ss[k]
@@ -217,7 +103,7 @@ def _active(vs, ss, has_scale, sc, nv):
     return False
 
 
-@_jit()
+@jit()
 def _steer_row(out, row0, width, blob, probe, max_order, vs, ss, has_scale, sc, ages, words):
     """One row: vs / ss [K] variant ids / strengths, sc its row scale; ages [max_order-1] int64 context."""
     nv = blob[H_NUM_VARIANTS]
@@ -240,7 +126,7 @@ def _steer_row(out, row0, width, blob, probe, max_order, vs, ss, has_scale, sc, 
 
 # ---- the two context sources, over a range of rows -------------------------------------------------
 
-@_jit()
+@jit()
 def steer_context_rows(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
                        col0, lo, hi):
     """Rows [lo, hi): variant / strength [R, K], scale [R] (read when has_scale), context [R, C] int with
@@ -259,7 +145,7 @@ def steer_context_rows(out, stride, width, blob, probe, max_order, variant, stre
                    words)
 
 
-@_jit()
+@jit()
 def steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
                        slot_strength, scale, has_scale, lo, hi):
     """Rows [lo, hi) of the history form: row_slot / row_last_pos [R], ids [S, L] token history,
@@ -284,7 +170,7 @@ def steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row
                    sc, ages, words)
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def steer_context_rows_par(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
                            col0, chunks):
     """steer_context_rows over all rows, split into chunks run on numba's threads (rows are independent)."""
@@ -295,7 +181,7 @@ def steer_context_rows_par(out, stride, width, blob, probe, max_order, variant, 
                            col0, c * step, min(rows, (c + 1) * step))
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def steer_history_rows_par(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
                            slot_strength, scale, has_scale, chunks):
     rows = row_slot.shape[0]
@@ -304,102 +190,3 @@ def steer_history_rows_par(out, stride, width, blob, probe, max_order, row_slot,
         steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
                            slot_strength, scale, has_scale, c * step, min(rows, (c + 1) * step))
 
-
-# ---- normalised entropy ----------------------------------------------------------------------------
-
-@njit(fastmath=_SUM_FLAGS, inline="always")
-def _exp_nonpos(d):
-    """exp(d) for -87 <= d <= 0 in float32 (Cephes expf: 2^k x polynomial, ~1 ulp), vectorisable; NaN stays NaN."""
-    k = np.floor(d * np.float32(1.4426950408889634) + np.float32(0.5))
-    r = d - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    y = p * r * r + r + np.float32(1.0)
-    k = k if k > np.float32(-127.0) else np.float32(-127.0)  # NaN -> -127: never an undefined int conversion
-    return y * _f32_from_bits(np.int32((np.int64(k) + 127) << 23))
-
-
-@njit(fastmath=_SUM_FLAGS, inline="always")
-def _entropy_terms(v, m):
-    """exp(v - m) and exp(v - m) (v - m): 0 and 0 far below the max (-inf included); NaN for a NaN v."""
-    d = v - m
-    low = d < _EXP_LOW  # False for NaN, so a NaN logit reaches the sums
-    dc = _EXP_LOW if low else d
-    e = np.float32(0.0) if low else _exp_nonpos(dc)
-    return e, e * dc
-
-
-@_jit(fastmath=_SUM_FLAGS)
-def _row_max(row):
-    """max of row [V] (as float32), NaN ignored; _LANES running maxima so that it vectorises."""
-    width = row.shape[0]
-    lanes = np.full(_LANES, -np.inf, np.float32)
-    t = 0
-    while t + _LANES <= width:
-        for j in range(_LANES):
-            v = _get(row, t + j)
-            lanes[j] = v if v > lanes[j] else lanes[j]
-        t += _LANES
-    m = np.float32(-np.inf)
-    for j in range(_LANES):
-        m = lanes[j] if lanes[j] > m else m
-    for i in range(t, width):
-        v = _get(row, i)
-        m = v if v > m else m
-    return m
-
-
-@_jit(fastmath=_SUM_FLAGS)
-def _row_sums(row, m):
-    """(sum exp(z - m), sum exp(z - m) (z - m)) over row [V]: float32 within fixed-size blocks (a fixed
-    trip count vectorises), float64 across them."""
-    width = row.shape[0]
-    full = width // _BLOCK
-    total = 0.0
-    weighted = 0.0
-    for b in range(full):
-        block = row[b * _BLOCK:(b + 1) * _BLOCK]
-        s = np.float32(0.0)
-        sz = np.float32(0.0)
-        for j in range(_BLOCK):
-            e, ez = _entropy_terms(_get(block, j), m)
-            s += e
-            sz += ez
-        total += s
-        weighted += sz
-    s = np.float32(0.0)
-    sz = np.float32(0.0)
-    for j in range(full * _BLOCK, width):
-        e, ez = _entropy_terms(_get(row, j), m)
-        s += e
-        sz += ez
-    return total + s, weighted + sz
-
-
-@_jit(fastmath=_SUM_FLAGS)
-def entropy_rows(x, stride, width, out, lo, hi):
-    """out[r] = H(softmax(z_r)) / log(width) for rows [lo, hi) of the flat logits x: two passes over
-    each row (its max, then the sums; the row is in cache for the second), no [R, V] temporary.
-    H = log S - sum e (z - m) / S with e = exp(z - m), S = sum e. NaN where the torch formula is NaN:
-    a NaN or +inf logit, or every logit -inf."""
-    inv_log_v = 1.0 / math.log(width)
-    for r in range(lo, hi):
-        row = x[r * stride:r * stride + width]
-        m = _row_max(row)
-        if m == np.inf or m == -np.inf:
-            out[r] = np.nan
-            continue
-        total, weighted = _row_sums(row, m)
-        out[r] = (math.log(total) - weighted / total) * inv_log_v
-
-
-@_jit(parallel=True, fastmath=_SUM_FLAGS)
-def entropy_rows_par(x, stride, width, out, chunks):
-    rows = out.shape[0]
-    step = (rows + chunks - 1) // chunks
-    for c in prange(chunks):
-        entropy_rows(x, stride, width, out, c * step, min(rows, (c + 1) * step))
