@@ -38,15 +38,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, ROOT, bootstrap  # noqa: E402
 
 bootstrap()
-from vllm_ngram_style import benchmarking as bm  # noqa: E402
+from vllm_ngram_style.bench.packs import REAL_STYLES, corpus_for, real_packs, token_stream  # noqa: E402
+from vllm_ngram_style.bench.report import machine_description  # noqa: E402
 from vllm_ngram_style.adaptive import adaptive_scale  # noqa: E402
 from vllm_ngram_style.kernels.cpu_kernel import CpuSteering  # noqa: E402
 from vllm_ngram_style.kernels.reference import ReferenceSteering  # noqa: E402
 from vllm_ngram_style.naive_processor import NaiveTables, steer_row  # noqa: E402
 
 STRENGTH = 0.3
-STYLES = ("quixote", "austen", "bible", "news")  # bm.REAL_STYLES keys, in this order
+STYLES = ("quixote", "austen", "bible", "news")  # REAL_STYLES keys, in this order
 PLOT = os.path.join(ROOT, "benchmarks", "results", "cpu_op_bench.png")
+CORPORA = os.path.join(ROOT, "..", "shared", "corpora")
 OPS = ("cpu", "cpu_threads", "reference", "naive", "add_")
 ENTROPY_OPS = ("entropy_cpu", "entropy_cpu_threads", "entropy_torch")
 
@@ -54,7 +56,7 @@ ENTROPY_OPS = ("entropy_cpu", "entropy_cpu_threads", "entropy_torch")
 class Workload:
     """Compiled styles and a source of contexts for each: real packs and their texts, or synthetic."""
 
-    def __init__(self, quick: bool, model: str):
+    def __init__(self, quick: bool, model: str, corpora: str):
         if quick:
             from vllm_ngram_style.kernels.synthetic import sample_contexts, synth_style
 
@@ -68,10 +70,9 @@ class Workload:
         from vllm_ngram_style.pack import load_pack
 
         model_dir = resolve_model(model)
-        paths = bm.real_packs(model_dir, STYLES)
+        paths = real_packs(model_dir, STYLES, corpora)
         self.variants = [compile_style(load_pack(paths[s]), "exact", name=s) for s in STYLES]
-        streams = [np.asarray(bm.token_stream(model_dir, os.path.join(bm.CORPORA, bm.REAL_STYLES[s]), 200_000),
-                              dtype=np.int64) for s in STYLES]
+        streams = [np.asarray(token_stream(model_dir, corpus_for(s, corpora), 200_000), dtype=np.int64) for s in STYLES]
         m = max(v.max_order for v in self.variants) - 1
 
         def draw(s, rng, rows):  # windows of the style's own text: [rows, m]
@@ -115,6 +116,17 @@ def timed(fns: dict, repeats: int) -> dict:
     return out
 
 
+def back_to_back(fn, calls: int = 12) -> float:
+    """Median thread CPU ms of one call repeated on the same logits: the rows it touches stay in cache
+    (the interleaved figure is the one a decoding step meets: other work runs between steps)."""
+    out = []
+    for _ in range(calls):
+        c0 = time.thread_time()
+        fn()
+        out.append((time.thread_time() - c0) * 1e3)
+    return statistics.median(out[2:])
+
+
 def bench_config(work, ops: dict, naive: list, b: int, v: int, styles: int, repeats: int, rng, entropy: bool) -> dict:
     cpu, cpu_threads, ref = ops[styles]
     variant = torch.arange(b, dtype=torch.int64) % styles  # [B]
@@ -147,7 +159,8 @@ def bench_config(work, ops: dict, naive: list, b: int, v: int, styles: int, repe
         fns["entropy_torch"] = lambda: adaptive_scale(logits)
         if cpu_threads is not None:
             fns["entropy_cpu_threads"] = lambda: cpu_threads.normalised_entropy(logits)
-    out = dict(B=b, V=v, styles=styles, entries_per_row=rows.numel() / b, **timed(fns, repeats))
+    out = dict(B=b, V=v, styles=styles, entries_per_row=rows.numel() / b, **timed(fns, repeats),
+               cpu_b2b=back_to_back(fns["cpu"]))
     print(row_md(out), flush=True)
     return out
 
@@ -193,15 +206,15 @@ def row_md(r: dict) -> str:
     return (f"| {r['B']} | {r['V']} | {r['styles']} | {r['entries_per_row']:.0f} | {fmt(g('cpu'))} | "
             f"{fmt(g('reference'))} | {fmt(g('naive'))} | {fmt(g('add_'))} | "
             f"{ratio('reference', 'cpu')} | {g('cpu') / g('add_'):.3f} | {ratio('naive', 'cpu')} | "
-            f"{fmt(g('cpu_wall'))} | {fmt(g('cpu_threads_wall'))} | "
+            f"{fmt(g('cpu_b2b'))} | {fmt(g('cpu_wall'))} | {fmt(g('cpu_threads_wall'))} | "
             f"{fmt(g('entropy_cpu'))} | {fmt(g('entropy_torch'))} | {fmt(g('entropy_cpu_wall'))} | "
             f"{fmt(g('entropy_cpu_threads_wall'))} |")
 
 
 HEAD = ("| B | V | styles | entries / row | CPU op | reference op | naive per-request | logits.add_ | "
-        "reference / CPU op | CPU op / add_ | naive / CPU op | CPU op, wall | CPU op, {t} threads, wall | "
+        "reference / CPU op | CPU op / add_ | naive / CPU op | CPU op, back to back | CPU op, wall | CPU op, {t} threads, wall | "
         "entropy: CPU op | entropy: torch | entropy: CPU op, wall | entropy: CPU op, {t} threads, wall |\n|"
-        + "---|" * 17)
+        + "---|" * 18)
 
 
 def goals(rows: list[dict]) -> list[str]:
@@ -263,6 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="also time the CPU op on this many numba threads (default: cores; "
                                                   "--quick: 1, i.e. not)")
     ap.add_argument("--model", default="smollm2", help="tokenizer of the real packs (default smollm2)")
+    ap.add_argument("--corpora", default=CORPORA, help=f"folder holding {', '.join(REAL_STYLES.values())} "
+                                                       "(default ../shared/corpora)")
     ap.add_argument("--results", help=f"append the section here (default {os.path.relpath(RESULTS, ROOT)}; "
                                       "--quick: nowhere); '' to skip")
     ap.add_argument("--plot", help=f"PNG of ms/step vs B (default {os.path.relpath(PLOT, ROOT)}; --quick: none)")
@@ -278,7 +293,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     load0, t_start = os.getloadavg(), time.perf_counter()
     warm = {} if q else warmup_times(threads)
-    work = Workload(q, args.model)
+    work = Workload(q, args.model, args.corpora)
     if max(counts) > len(work.variants):
         raise SystemExit(f"--styles up to {len(work.variants)}")
     ops, built = {}, []
@@ -298,13 +313,14 @@ def main(argv=None) -> int:
 
     cmd = shlex.join(["python", "benchmarks/cpu_op_bench.py"] + (argv if argv is not None else sys.argv[1:]))
     lines = [f"\n## CPU steering op (kernels/cpu_kernel.py) vs reference, naive and one pass ({datetime.date.today()})\n",
-             f"Machine: {bm.machine_description()}, numba {numba.__version__}, 1 torch thread; **shared with other "
+             f"Machine: {machine_description()}, numba {numba.__version__}, 1 torch thread; **shared with other "
              f"jobs**: load average {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start, {load1[0]:.1f} / "
              f"{load1[1]:.1f} / {load1[2]:.1f} at the end. Command: `{cmd}` ({elapsed / 60:.1f} min).\n",
              f"Workload: {work.label}; every row steered (strength {STRENGTH}), row r uses style r mod S. "
              f"Milliseconds per step, median of {repeats} samples (each the mean of enough calls to last ~5 ms; ops "
              "interleaved): the calling thread's CPU time (robust to other jobs on the cores; ratios use it), except "
-             "the 'wall' columns (wall clock; the threaded op's only fair figure). "
+             "the 'wall' columns (wall clock; the threaded op's only fair figure). 'back to back': the CPU op "
+             "called repeatedly on the same logits with nothing in between (its rows stay in cache; median of 10). "
              "'entries / row': (context, token) entries the reference op adds per row. Each "
              "configuration first checked the CPU op against the reference op (allclose 1e-4) and, threaded, bit for bit "
              "against one thread. Entropy columns (per B x V, first style count): CPU op's streaming normalised entropy "
