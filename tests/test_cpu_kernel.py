@@ -457,3 +457,13 @@ def test_benchmark_quick_smoke():
                          env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "correctness: PASS" in out.stdout and "| 16 | 4096 | 2 |" in out.stdout
+
+
+def test_vllm_worker_module_scan_survives_numba():
+    """vLLM's CPU worker start scans every module global with vars(x).get(...); llvmlite's lib wrapper
+    broke it (cpu_numeric._keep_vllm_module_scan_working). Run vLLM's own scan in this process."""
+    dispatcher = pytest.importorskip("vllm.triton_utils.dispatcher")
+    import llvmlite.binding.ffi as ffi
+
+    assert isinstance(vars(ffi.lib), dict)
+    dispatcher._rebind_kernels([])
