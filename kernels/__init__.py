@@ -2,6 +2,7 @@
 
 - reference.py: the torch reference op (any device; the yardstick in tests);
 - steer_kernel.py + launcher.py: the Triton kernel and its launcher (CUDA; CPU via the interpreter);
+- cpu_kernel.py + cpu_loops.py: the CPU op, loops compiled with numba (the default on CPU);
 - gpu_tables.py: the flat table buffer the compiled kernels read (layout and host mirror).
 
 They share one call shape, so the steering core never branches on the backend:
@@ -19,7 +20,8 @@ Row r gets row_scale[r] * sum_k strength[r, k] * sum_n D_{variant[r, k], n}(c_n(
 with variant -1 (or outside the table) or strength 0 add nothing, and a row with no active column is
 never written (bit for bit). Each op has ``backend`` (its name), ``max_order``, ``context_len``.
 
-``make_steering_op`` picks one: NGRAM_STYLE_BACKEND=auto (default) | triton | reference.
+``make_steering_op`` picks one: NGRAM_STYLE_BACKEND=auto (default: triton on CUDA, cpu on CPU) |
+triton | cpu | reference.
 """
 from __future__ import annotations
 
@@ -30,11 +32,11 @@ from vllm_ngram_style.settings import env_name, getenv
 logger = logging.getLogger(__name__)
 
 ENV_BACKEND = env_name("BACKEND")  # NGRAM_STYLE_BACKEND (vllm_ngram_style/settings.py)
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "cpu", "reference")
 
 
 def resolve_backend(backend: str | None, device) -> str:
-    """The backend name to build for ``device``: auto -> triton on CUDA, reference elsewhere."""
+    """The backend name to build for ``device``: auto -> triton on CUDA, cpu on CPU, reference elsewhere."""
     import torch
 
     choice = (backend or getenv("BACKEND") or "auto").lower()
@@ -43,7 +45,8 @@ def resolve_backend(backend: str | None, device) -> str:
 
         raise ConfigError(f"{ENV_BACKEND}={choice[:40]!r}: choose one of {', '.join(BACKENDS)}")
     if choice == "auto":
-        return "triton" if torch.device(device).type == "cuda" else "reference"
+        kind = torch.device(device).type
+        return "triton" if kind == "cuda" else "cpu" if kind == "cpu" else "reference"
     return choice
 
 
@@ -62,6 +65,15 @@ def make_steering_op(variants: list, device, backend: str | None = None):
             if explicit:
                 raise
             logger.warning("vllm-ngram-style: Triton kernel unavailable (%s); using the torch reference op", exc)
+    elif name == "cpu":
+        try:
+            from .cpu_kernel import CpuSteering  # lazy: numba is only needed on this path
+
+            return CpuSteering(variants, device)  # compiles (or loads numba's cache) here, not on the first step
+        except Exception as exc:  # missing numba, or a compile failure: the reference is correct, only slower
+            if explicit:
+                raise
+            logger.warning("vllm-ngram-style: compiled CPU op unavailable (%s); using the torch reference op", exc)
     from .reference import ReferenceSteering
 
     return ReferenceSteering(variants, device)

@@ -1,0 +1,192 @@
+"""The CPU op's steering loops, compiled (numba): the contract over gpu_tables' flat buffer, one row
+at a time, for both context sources. kernels/cpu_kernel.py checks inputs and calls these.
+
+Semantics mirror the Triton kernel (steer_kernel.py) and the host mirror gpu_tables.lookup_host:
+order 1 is a direct index, orders n >= 2 hash the packed key (same wrapping int64 arithmetic) and
+probe linearly from the home slot, stopping at an empty slot or after O_PROBE_BLOCKS * probe slots,
+comparing the FULL key; a context's entries run until the LAST_FLAG entry; tokens >= V are
+skipped; variant ids outside [0, num_variants), slots outside [0, S) and zero strengths add
+nothing; history positions outside [0, L) and negative or too-wide tokens are missing. A row with
+no active column is never read or written.
+
+Arithmetic: each entry adds float32(strength x delta) to the logit (the product is exact in float64,
+so this equals a correctly rounded float32 product), orders in ascending order and, within an
+order, columns in ascending order: the accumulation order of the reference op's index_put_, so
+with the same (float32) deltas the result is bit-identical to it.
+
+Logits arrive as a flat 1-D view (row r starts at r * stride) of any dtype cpu_numeric.py handles.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .cpu_numeric import add_scaled, f32_from_bits, jit
+from .gpu_tables import (H_ENT_BASE, H_NUM_ENTRIES, H_NUM_VARIANTS, H_TB, H_UNI_BASE, HEADER_WORDS, LAST_FLAG,
+                         MULT_A, MULT_B, O_HOME_RANGE, O_PROBE_BLOCKS, O_SEED, O_SLOT_BASE, O_TOTAL_SLOTS, O_WORDS,
+                         ORDER_FIELDS)
+
+
+# ---- lookups and the per-row edit ------------------------------------------------------------------
+
+@jit()
+def max_key_words(blob, max_order):
+    """Most 64-bit words of any order's key (the size of the key scratch array)."""
+    most = 1
+    for n in range(2, max_order + 1):
+        most = max(most, blob[HEADER_WORDS + ORDER_FIELDS * (n - 2) + O_WORDS])
+    return most
+
+
+@jit()
+def _find(blob, probe, n, v, ages, words):
+    """Entry index (relative to the entry array) of order n's context (v, ages[:n-1]), or -1.
+    ages [>= n-1] int64: tokens by age (0 = newest), all valid here; words [>= W_n] int64 scratch."""
+    hb = HEADER_WORDS + ORDER_FIELDS * (n - 2)
+    home_range = blob[hb + O_HOME_RANGE]
+    if home_range <= 0:
+        return -1
+    tb, vb, sb, k0, kw = blob[H_TB], blob[H_TB + 1], blob[H_TB + 2], blob[H_TB + 3], blob[H_TB + 4]
+    nw = blob[hb + O_WORDS]
+    w0 = v << sb
+    for w in range(1, nw):
+        words[w] = 0
+    for a in range(n - 1):  # key fields: gpu_tables.KeyLayout.pack
+        if a < k0:
+            w0 |= ages[a] << (sb + vb + a * tb)
+        else:
+            j = a - k0
+            words[1 + j // kw] |= ages[a] << ((j % kw) * tb)
+    words[0] = w0
+    h = blob[hb + O_SEED]  # gpu_tables.hash_words / home_slot, wrapping int64
+    for w in range(nw):
+        h = (h ^ words[w]) * MULT_A
+        h = h ^ (h >> 29)
+    h = h * MULT_B
+    home = (((h >> 32) & 0xFFFFFFFF) * home_range) >> 32
+    limit = min(blob[hb + O_TOTAL_SLOTS], home + blob[hb + O_PROBE_BLOCKS] * probe)
+    base = blob[hb + O_SLOT_BASE]
+    key0 = w0 >> sb
+    for pos in range(home, limit):
+        p = base + pos * nw
+        stored = blob[p]
+        if stored < 0:  # an empty slot ends the run: the key is absent
+            return -1
+        if (stored >> sb) == key0:
+            w = 1
+            while w < nw and blob[p + w] == words[w]:
+                w += 1
+            if w == nw:
+                return stored & ((np.int64(1) << sb) - 1)
+    return -1
+
+
+@jit()
+def _add_entries(out, row0, width, blob, i, end, s):
+    """Add s x delta for the context whose first entry is blob[i], up to its LAST_FLAG entry."""
+    while i < end:
+        e = blob[i]
+        tok = e & 0x7FFFFFFF
+        if tok < width:  # a pack's vocabulary may be wider than the logits
+            add_scaled(out, row0 + tok, s, f32_from_bits(np.int32(e >> 32)))
+        if e & LAST_FLAG:
+            return
+        i += 1
+
+
+@jit()
+def _active(vs, ss, has_scale, sc, nv):
+    for k in range(vs.shape[0]):
+        s = ss[k] * sc if has_scale else ss[k]
+        if 0 <= vs[k] < nv and s != 0:
+            return True
+    return False
+
+
+@jit()
+def _steer_row(out, row0, width, blob, probe, max_order, vs, ss, has_scale, sc, ages, words):
+    """One row: vs / ss [K] variant ids / strengths, sc its row scale; ages [max_order-1] int64 context."""
+    nv = blob[H_NUM_VARIANTS]
+    tb = blob[H_TB]
+    ent0 = blob[H_ENT_BASE]
+    end = ent0 + blob[H_NUM_ENTRIES]
+    good = 0  # orders up to good + 1 have a valid context (a missing or too-wide token is in no key)
+    while good < max_order - 1 and ages[good] >= 0 and (ages[good] >> tb) == 0:
+        good += 1
+    for n in range(1, good + 2):
+        for k in range(vs.shape[0]):  # within an order, columns in order: the reference's accumulation order
+            v = np.int64(vs[k])
+            s = ss[k] * sc if has_scale else ss[k]
+            if v < 0 or v >= nv or s == 0:
+                continue
+            start = blob[blob[H_UNI_BASE] + v] if n == 1 else _find(blob, probe, n, v, ages, words)
+            if start >= 0:
+                _add_entries(out, row0, width, blob, ent0 + start, end, s)
+
+
+# ---- the two context sources, over a range of rows -------------------------------------------------
+
+@jit()
+def steer_context_rows(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
+                       col0, lo, hi):
+    """Rows [lo, hi): variant / strength [R, K], scale [R] (read when has_scale), context [R, C] int with
+    the max_order-1 context tokens in columns col0.. (oldest first)."""
+    m = max_order - 1
+    nv = blob[H_NUM_VARIANTS]
+    ages = np.empty(max(m, 1), np.int64)  # [m] tokens by age
+    words = np.empty(max_key_words(blob, max_order), np.int64)
+    for r in range(lo, hi):
+        sc = scale[r] if has_scale else scale[0]  # scale: a 1-element dummy when unused
+        if not _active(variant[r], strength[r], has_scale, sc, nv):
+            continue
+        for a in range(m):
+            ages[a] = context[r, col0 + m - 1 - a]
+        _steer_row(out, r * stride, width, blob, probe, max_order, variant[r], strength[r], has_scale, sc, ages,
+                   words)
+
+
+@jit()
+def steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
+                       slot_strength, scale, has_scale, lo, hi):
+    """Rows [lo, hi) of the history form: row_slot / row_last_pos [R], ids [S, L] token history,
+    slot_variant / slot_strength [S, K], scale [R]."""
+    m = max_order - 1
+    nv = blob[H_NUM_VARIANTS]
+    n_slots, length = ids.shape
+    ages = np.empty(max(m, 1), np.int64)
+    words = np.empty(max_key_words(blob, max_order), np.int64)
+    for r in range(lo, hi):
+        slot = np.int64(row_slot[r])
+        if slot < 0 or slot >= n_slots:
+            continue
+        sc = scale[r] if has_scale else scale[0]  # scale: a 1-element dummy when unused
+        if not _active(slot_variant[slot], slot_strength[slot], has_scale, sc, nv):
+            continue
+        last = np.int64(row_last_pos[r])
+        for a in range(m):
+            p = last - a
+            ages[a] = ids[slot, p] if 0 <= p < length else -1
+        _steer_row(out, r * stride, width, blob, probe, max_order, slot_variant[slot], slot_strength[slot], has_scale,
+                   sc, ages, words)
+
+
+@jit(parallel=True)
+def steer_context_rows_par(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
+                           col0, chunks):
+    """steer_context_rows over all rows, split into chunks run on numba's threads (rows are independent)."""
+    rows = variant.shape[0]
+    step = (rows + chunks - 1) // chunks
+    for c in prange(chunks):
+        steer_context_rows(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
+                           col0, c * step, min(rows, (c + 1) * step))
+
+
+@jit(parallel=True)
+def steer_history_rows_par(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
+                           slot_strength, scale, has_scale, chunks):
+    rows = row_slot.shape[0]
+    step = (rows + chunks - 1) // chunks
+    for c in prange(chunks):
+        steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
+                           slot_strength, scale, has_scale, c * step, min(rows, (c + 1) * step))
+

@@ -1,0 +1,144 @@
+"""Numeric plumbing of the CPU op's compiled loops (numba): the jit decorator, LLVM bit casts, and
+element access by logits dtype, so that one loop body serves float32, float64, bfloat16 and float16.
+
+numpy and numba have no bfloat16 and numba no float16: those logits arrive as their raw bits (an
+int16 / uint16 view) and are computed in float32, rounded back to nearest-even (bfloat16 by integer
+arithmetic, float16 by LLVM's fptrunc, both as torch rounds).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+
+def _keep_vllm_module_scan_working() -> None:
+    """vLLM 0.32's CPU worker start (triton_utils.dispatcher._rebind_kernels) calls
+    ``vars(x).get("kernel")`` on every module global that has a ``__dict__``. llvmlite's
+    ``binding.ffi.lib`` forwards attribute lookups to the C library, so its ``__dict__`` is a C-function
+    wrapper without ``.get``, and every vLLM worker started in a process that has imported numba (a
+    second in-process engine: the evaluation, the benchmarks, the tests) raised AttributeError. An
+    empty dict under that one name makes ``vars(lib)`` a dict; llvmlite never calls a C function of
+    that name."""
+    try:
+        from llvmlite.binding import ffi
+
+        if not isinstance(ffi.lib._fntab.get("__dict__"), dict):
+            ffi.lib._fntab["__dict__"] = {}
+    except (ImportError, AttributeError):  # another llvmlite layout: nothing to keep safe
+        pass
+
+
+_keep_vllm_module_scan_working()
+
+
+def jit(**opts):
+    """njit with an on-disk cache where one can be written (the source tree, else numba's user-wide
+    cache dir); without it every process compiles afresh (a few seconds, once)."""
+    opts = dict(nogil=True, error_model="numpy", **opts)
+
+    def wrap(fn):
+        try:
+            return njit(cache=True, **opts)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(**opts)(fn)
+
+    return wrap
+
+
+# ---- bit casts (LLVM instructions: no libm, vectorisable) ----------------------------------------
+
+@intrinsic
+def f32_from_bits(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _f16_to_f32(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _f32_to_f16(typingctx, x):
+    def codegen(context, builder, sig, args):  # fptrunc rounds to nearest-even, as torch's .half() does
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+@njit(inline="always")
+def _bf16_to_f32(x):
+    return f32_from_bits(np.int32((np.int64(x) & 0xFFFF) << 16))
+
+
+@njit(inline="always")
+def _f32_to_bf16(y):
+    u = np.int64(_f32_bits(y)) & 0xFFFFFFFF
+    if y != y:
+        return np.int16(0x7FC0)  # torch's canonical bfloat16 NaN
+    return np.int16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)  # round to nearest-even
+
+
+# ---- element access by logits dtype ----------------------------------------------------------------
+
+def get_f32(a, i):
+    """a[i] as float32 (the precision of adaptive.py's formula, which computes in float32)."""
+
+
+def add_scaled(a, i, s, d):
+    """a[i] += s * d (d a float32 delta) in a's precision (float32 for the 16-bit formats, then rounded
+    to them): the product rounded once to float32 (float64 logits: exact), then one rounded add."""
+
+
+@overload(get_f32, inline="always")
+def _get_impl(a, i):
+    dt = a.dtype
+    if dt == types.float32:
+        return lambda a, i: a[i]
+    if dt == types.float64:
+        return lambda a, i: np.float32(a[i])
+    if dt == types.int16:
+        return lambda a, i: _bf16_to_f32(a[i])
+    if dt == types.uint16:
+        return lambda a, i: _f16_to_f32(a[i])
+    return None
+
+
+@overload(add_scaled, inline="always")
+def _add_impl(a, i, s, d):
+    dt = a.dtype
+    if s == types.float32:  # d is float32: the float32 product is the correctly rounded exact product
+        def product(s, d):
+            return s * d
+    else:  # a float64 strength: the product in float64, rounded to the logits once
+        def product(s, d):
+            return np.float64(s) * np.float64(d)
+    product = njit(inline="always")(product)
+    if dt == types.float32:
+        def add32(a, i, s, d):
+            a[i] = a[i] + np.float32(product(s, d))
+        return add32
+    if dt == types.float64:
+        def add64(a, i, s, d):
+            a[i] = a[i] + np.float64(s) * np.float64(d)
+        return add64
+    if dt == types.int16:
+        def add_bf16(a, i, s, d):
+            a[i] = _f32_to_bf16(_bf16_to_f32(a[i]) + np.float32(product(s, d)))
+        return add_bf16
+    if dt == types.uint16:
+        def add_f16(a, i, s, d):
+            a[i] = _f32_to_f16(_f16_to_f32(a[i]) + np.float32(product(s, d)))
+        return add_f16
+    return None
