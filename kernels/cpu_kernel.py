@@ -20,7 +20,6 @@ NGRAM_STYLE_CPU_THREADS=N (0: every core numba sees) splits the rows of batches 
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import numpy as np

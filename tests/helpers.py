@@ -9,6 +9,7 @@ from vllm_ngram_style.adaptive import adaptive_scale
 from vllm_ngram_style.loop_guard import capture_banned, guard_banned_tokens, restore_banned
 from vllm_ngram_style.modes import compile_style
 from vllm_ngram_style.pack import StylePack, default_weights, load_pack, save_pack
+from vllm_ngram_style.request_args import parse_request_args
 from vllm_ngram_style.kernels.reference import ReferenceSteering
 from vllm_ngram_style.loop_guard import LOOP_GUARD_WINDOW
 from vllm_ngram_style.train import count_token_documents, train_pack
@@ -88,23 +89,28 @@ class Oracle:
         """logits_row [V]; extra: the request's extra_args; tokens: prompt + output so far;
         generated: output tokens only. -> expected row."""
         out = logits_row.clone()[None]  # [1, V]
-        if not extra or not extra.get("style") or extra.get("style_strength", 0.3) == 0:
+        if not extra or not extra.get("style"):
             return out[0]
-        ref = self.ref[(extra["style"], extra.get("style_mode", "exact"))]
-        m = ref.max_order - 1
-        ctx = ([-1] * m + list(tokens))[len(tokens):] if m else []  # the last m tokens, -1 padded
-        strength = torch.tensor([extra.get("style_strength", 0.3)], dtype=torch.float32)
-        if extra.get("style_adaptive"):
-            strength = strength * adaptive_scale(out)
-        g = extra.get("style_loop_guard", 0)
+        req = parse_request_args(extra, sorted({s for s, _ in self.ref}), MODES + ("kn",))
+        if req.total_strength == 0:
+            return out[0]
+        scale = adaptive_scale(out) if req.adaptive else None  # [1], from the unsteered logits
+        g = req.loop_guard
         if g:
             w = LOOP_GUARD_WINDOW
             hist = torch.tensor([([-1] * w + list(generated))[-w:]], dtype=torch.int64)
             banned = guard_banned_tokens(hist, g)
             before = capture_banned(out, banned)
-        ref.apply(out, torch.tensor([0]), strength, torch.tensor([ctx], dtype=torch.int64).reshape(1, m))
+        for name, weight in req.components:  # a blend: each style's own edit (one for a single style)
+            ref = self.ref[(name, req.mode)]
+            m = ref.max_order - 1
+            ctx = ([-1] * m + list(tokens))[len(tokens):] if m else []  # the last m tokens, -1 padded
+            strength = torch.tensor([weight], dtype=torch.float32)
+            if scale is not None:
+                strength = strength * scale
+            ref.apply(out, torch.tensor([0]), strength, torch.tensor([ctx], dtype=torch.int64).reshape(1, m))
         if g:  # guarded tokens: unsteered logit minus the raw (not adaptive) strength x loop penalty
-            penalty = float(extra.get("style_strength", 0.3)) * float(extra.get("style_loop_penalty", 0.0))
+            penalty = float(req.total_strength) * float(req.loop_penalty)
             restore_banned(out, banned, before - torch.tensor(penalty, dtype=torch.float32))
         return out[0]
 

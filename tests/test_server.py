@@ -44,6 +44,8 @@ PROMPT_IDS = [[54, 274, 291, 292, 262], [100]]  # token ids; the second is short
     None,
     {"style": "alpha", "style_strength": 1.0},
     {"style": "beta", "style_strength": 0.7, "style_mode": "paper", "style_adaptive": True, "style_loop_guard": 3},
+    {"style": "alpha:1.2,beta:0.8"},  # blends: the sum of both styles' edits (issue 12)
+    {"style": ["beta", "alpha"], "style_strength": [0.5, 1.5], "style_adaptive": 1, "style_loop_guard": 2},
 ])
 def test_completions_equal_reference(server, reference, xargs):
     for prompt in PROMPT_IDS:

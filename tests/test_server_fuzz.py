@@ -41,8 +41,15 @@ HUGE_NUMBERS = [2 ** 64, -(2 ** 63) - 1, BIG_INT, HUGE_DIGITS, 1e308, -1e308]
 # (key named by the message, bad style arguments)
 CASES = (
     [("style", {"style": v}) for v in
-     [7, 1.5, True, False, None, [], ["alpha"], {"alpha": 1}, "cervantes", "", "ALPHA", " alpha", "álpha",
-      "alpha\u0000", "x" * 1_000_000, HUGE_DIGITS, Raw("NaN")]]
+     [7, 1.5, True, False, None, [], [["alpha"]], {"alpha": 1}, "cervantes", "", "ALPHA", " alpha", "álpha",
+      "alpha\u0000", "x" * 1_000_000, HUGE_DIGITS, Raw("NaN"),
+      # bad blends (a list of names, or "name:strength,..." is a blend of up to 4 styles)
+      ["alpha", "alpha"], ["alpha", 7], "alpha:0.5,alpha:0.2", "alpha:0.5,beta", "alpha:9,beta:0.1",
+      "alpha:nan,beta:0.1", "alpha:x", "alpha,beta,alpha,beta,alpha", ["alpha", "cervantes"], "alpha,,beta"]]
+    + [("style_strength", {"style": "alpha:0.5,beta:0.2", "style_strength": 0.3}),  # strengths given twice
+       ("style_strength", {"style": ["alpha", "beta"], "style_strength": [0.5]}),
+       ("style_strength", {"style": ["alpha", "beta"], "style_strength": [0.5, True]}),
+       ("style_strength", {"style": ["alpha", "beta"], "style_strength": [0.5, 6]})]
     + [("style_strength", {"style": "alpha", "style_strength": v}) for v in
        WRONG_TYPES + NON_FINITE + HUGE_NUMBERS + [-0.1, 5.0001, 9, -1, "9" * 100_000]]
     + [("style_mode", {"style": "beta", "style_mode": v}) for v in
@@ -109,6 +116,8 @@ VALID = [  # (path, body, what must stay identical)
                                         "style_adaptive": True, "style_loop_guard": 2, "style_loop_penalty": 3}}),
     ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}],
                               "max_tokens": 8, "temperature": 0, "vllm_xargs": {"style": "beta"}}),
+    ("/v1/completions", {"model": "tiny", "prompt": "The knight rode to the inn", "max_tokens": 8, "temperature": 0,
+                         "return_token_ids": True, "vllm_xargs": {"style": "alpha:1.2,beta:0.8"}}),  # a blend
     ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}],
                               "max_tokens": 8, "temperature": 0, "stream": True,
                               "vllm_xargs": {"style": "alpha", "style_strength": 2}}),
