@@ -18,16 +18,19 @@ def _free_port() -> int:
 
 
 def start(model_dir: str, packs: dict, folder) -> types.SimpleNamespace:
-    """Start the server and wait until it is healthy. -> namespace(base, client, proc, log, stop)."""
+    """Start the server and wait until it is healthy. -> namespace(base, client, proc, log, stop,
+    style_config). The styles of --style-config (none at first) are live: test_server_live.py edits it."""
     import httpx
     import openai
 
     port = _free_port()
     log_path = folder / "server.log"
+    style_config = folder / "live_styles.json"
+    style_config.write_text('{"styles": {}}\n')
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_HOST_IP="127.0.0.1",
-               VLLM_NO_USAGE_STATS="1", XDG_CACHE_HOME=str(folder / "cache"))
+               VLLM_NO_USAGE_STATS="1", XDG_CACHE_HOME=str(folder / "cache"), NGRAM_STYLE_LIVE_POLL_S="0.2")
     cmd = [sys.executable, "-m", "vllm_ngram_style.cli", "serve", model_dir,
-           "--style", f"alpha={packs['alpha']}", "--style", f"beta={packs['beta']}",
+           "--style", f"alpha={packs['alpha']}", "--style", f"beta={packs['beta']}", "--style-config", str(style_config),
            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256",
            "--enforce-eager", "--max-num-seqs", "8", "--served-model-name", "tiny", "--uvicorn-log-level", "warning"]
     log = open(log_path, "w")
@@ -66,4 +69,4 @@ def start(model_dir: str, packs: dict, folder) -> types.SimpleNamespace:
         stop()
         raise
     client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=120)
-    return types.SimpleNamespace(base=base, client=client, proc=proc, log=log_path, stop=stop)
+    return types.SimpleNamespace(base=base, client=client, proc=proc, log=log_path, stop=stop, style_config=style_config)

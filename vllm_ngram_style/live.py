@@ -41,7 +41,7 @@ from .errors import NgramStyleError
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 1.0  # how often the thread stats the watched files
+POLL_S = 1.0  # how often the thread stats the watched files (NGRAM_STYLE_LIVE_POLL_S overrides it)
 GRACE_S = 30.0  # a removed style's name stays resolvable this long for requests validated before
 LIVE_KEY = "live"  # the resolved configuration file's entry saying how to re-resolve it
 _RETIRED = "@"  # internal names of retired tables: "name@generation" ('@' is not allowed in style names)
@@ -85,6 +85,17 @@ def write_resolved(path: str, cfg: StyleConfig, spec: Mapping | None) -> None:
     os.replace(tmp, path)
 
 
+def _poll_interval() -> float:
+    from .settings import getenv
+
+    raw = getenv("LIVE_POLL_S")
+    try:
+        value = float(raw) if raw else POLL_S
+    except ValueError:
+        value = POLL_S
+    return min(max(value, 0.05), 60.0)
+
+
 def _stamp(path: str):
     try:
         st = os.stat(path)
@@ -97,11 +108,12 @@ class LiveStyles:
     """The engine side of live style updates (module docstring): one per processor."""
 
     def __init__(self, spec: Mapping, publish_path: str, cfg: StyleConfig, packs: dict, tokenizer: tuple,
-                 core, device, backend: str | None = None, poll_s: float = POLL_S, start: bool = True):
+                 core, device, backend: str | None = None, poll_s: float | None = None, start: bool = True):
         self.spec = dict(spec)
         self.publish_path = publish_path
         self.tokenizer = tokenizer  # (fingerprint, vocabulary size) of the served tokenizer
-        self.device, self.backend, self.poll_s = device, backend, poll_s
+        self.device, self.backend = device, backend
+        self.poll_s = poll_s if poll_s is not None else _poll_interval()
         self.public = cfg
         # key -> (StylePack, stamp of its file, path); keys are public names or retired "name@g"
         self._packs = {name: (packs[name], _stamp(cfg.styles[name]), cfg.styles[name]) for name in cfg.names}
@@ -167,6 +179,10 @@ class LiveStyles:
         return any(now - t > GRACE_S for _, t in self._removed.values())
 
     def _run(self) -> None:
+        try:  # Linux threads have their own nice value: builds yield the cores to the decoding thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         while not self._stop:
             self._wake.wait(self.poll_s)
             self._wake.clear()
@@ -184,8 +200,8 @@ class LiveStyles:
         stamps = self._watch_stamps()
         changed = stamps != self._seen
         cleanup = self._retired_droppable()
-        if not changed and not cleanup:
-            return False
+        if (not changed and not cleanup) or self._pending is not None:
+            return False  # (a built configuration not taken yet: the next build must start from it)
         self._seen = stamps
         try:
             swap = self._build() if changed else self._build(self.public)
