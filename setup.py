@@ -16,6 +16,8 @@ setup(
     package_data={"vllm_ngram_style": ["data/*.txt", "data/*.json", "data/*.txt.gz"]},
     install_requires=[
         "numpy>=1.26",
+        "numba>=0.59",  # counting kernels (vLLM needs it too)
+        "charset-normalizer>=3",  # train --encoding auto
         "safetensors>=0.4",
         "tokenizers>=0.19",
         "transformers>=4.45",
