@@ -173,9 +173,3 @@ class CorpusReader:
             base += os.path.getsize(path)
             self._progress.done = base
 
-
-def whole_text_documents(path: str, split: str = "auto", encoding: str = DEFAULT_ENCODING) -> list[str]:
-    """The reference the streaming reader must equal: the whole file read and split at once."""
-    from .corpus import read_text
-
-    return split_documents(strip_gutenberg(read_text(path, encoding)), split)

@@ -26,82 +26,79 @@ def _cmp(a, i, b, j) -> int:
 
 
 @nb.njit(**_JIT)
+def _ngrams_in_documents(doc_offsets, n):
+    total = 0
+    for d in range(doc_offsets.shape[0] - 1):
+        length = doc_offsets[d + 1] - doc_offsets[d]
+        if length >= n:
+            total += length - n + 1
+    return total
+
+
+@nb.njit(**_JIT)
+def _fill_chunk_keys(stream, doc_offsets, n, bits, out):
+    per_word = 63 // bits
+    k = 0
+    for d in range(doc_offsets.shape[0] - 1):
+        for i in range(doc_offsets[d], doc_offsets[d + 1] - n + 1):
+            for w in range(out.shape[1]):
+                v = np.int64(0)
+                for j in range(w * per_word, min(n, (w + 1) * per_word)):
+                    v = (v << bits) | np.int64(stream[i + j])
+                out[k, w] = v
+            k += 1
+
+
+@nb.njit(**_JIT)
 def chunk_keys(stream, doc_offsets, n, bits):
     """Keys of every n-gram lying wholly inside one document.
 
     stream: [T] int32 token ids; doc_offsets: [D+1] int64, document d is stream[offsets[d]:offsets[d+1]].
     Returns [M, W] int64, W = ceil(n / (63 // bits)), in stream order (unsorted).
     """
-    per_word = 63 // bits
-    words = (n + per_word - 1) // per_word
-    total = 0
-    for d in range(doc_offsets.shape[0] - 1):
-        length = doc_offsets[d + 1] - doc_offsets[d]
-        if length >= n:
-            total += length - n + 1
-    out = np.empty((total, words), np.int64)
-    k = 0
-    for d in range(doc_offsets.shape[0] - 1):
-        for i in range(doc_offsets[d], doc_offsets[d + 1] - n + 1):
-            for w in range(words):
-                v = np.int64(0)
-                for j in range(w * per_word, min(n, (w + 1) * per_word)):
-                    v = (v << bits) | np.int64(stream[i + j])
-                out[k, w] = v
-            k += 1
+    out = np.empty((_ngrams_in_documents(doc_offsets, n), (n + 63 // bits - 1) // (63 // bits)), np.int64)
+    _fill_chunk_keys(stream, doc_offsets, n, bits, out)
     return out
 
 
+# Outputs are sized for the worst case and filled in one pass; the result is a view of its first
+# rows. Large arrays are fresh memory maps whose pages become resident only when written, so the
+# unused tail costs address space, not memory. (numpy's allocator is not used for them: it asks for
+# huge pages, and on a busy machine the kernel's compaction for them made the same merge 1-3x slower.)
+
 @nb.njit(**_JIT)
-def _run_length_one_word(col):
-    m = col.shape[0]
-    u = 1 if m else 0
-    for i in range(1, m):
-        u += col[i] != col[i - 1]
-    out = np.empty((u, 1), np.int64)
-    counts = np.zeros(u, np.int64)
+def _fill_run_length(keys, out, counts) -> int:
+    m = keys.shape[0]
     k = -1
+    if keys.shape[1] == 1:
+        col = keys[:, 0]
+        for i in range(m):
+            if i == 0 or col[i] != col[i - 1]:
+                k += 1
+                out[k, 0] = col[i]
+                counts[k] = 0
+            counts[k] += 1
+        return k + 1
     for i in range(m):
-        if i == 0 or col[i] != col[i - 1]:
+        if i == 0 or _cmp(keys, i, keys, i - 1) != 0:
             k += 1
-            out[k, 0] = col[i]
+            out[k] = keys[i]
+            counts[k] = 0
         counts[k] += 1
-    return out, counts
+    return k + 1
 
 
 @nb.njit(**_JIT)
 def run_length(keys):
     """Sorted [M, W] keys -> distinct keys [U, W] and how often each occurs [U] int64."""
-    if keys.shape[1] == 1:
-        return _run_length_one_word(keys[:, 0])
-    m = keys.shape[0]
-    u = 1 if m else 0
-    for i in range(1, m):
-        if _cmp(keys, i, keys, i - 1) != 0:
-            u += 1
-    out = np.empty((u, keys.shape[1]), np.int64)
-    counts = np.zeros(u, np.int64)
-    k = -1
-    for i in range(m):
-        if i == 0 or _cmp(keys, i, keys, i - 1) != 0:
-            k += 1
-            out[k] = keys[i]
-        counts[k] += 1
-    return out, counts
+    out, counts = np.empty(keys.shape, np.int64), np.empty(keys.shape[0], np.int64)
+    u = _fill_run_length(keys, out, counts)
+    return out[:u], counts[:u]
 
 
 @nb.njit(**_JIT)
-def _merge_one_word(a, a_counts, b, b_counts):
+def _fill_merge_one_word(a, a_counts, b, b_counts, out, counts) -> int:
     na, nb_ = a.shape[0], b.shape[0]
-    i = j = u = 0
-    while i < na and j < nb_:
-        x, y = a[i], b[j]
-        i += x <= y
-        j += x >= y
-        u += 1
-    u += (na - i) + (nb_ - j)
-    out = np.empty((u, 1), np.int64)
-    counts = np.empty(u, np.int64)
     i = j = k = 0
     while i < na and j < nb_:
         x, y = a[i], b[j]
@@ -122,26 +119,16 @@ def _merge_one_word(a, a_counts, b, b_counts):
     out[k:k + na - i, 0] = a[i:]
     counts[k:k + na - i] = a_counts[i:]
     k += na - i
-    out[k:, 0] = b[j:]
-    counts[k:] = b_counts[j:]
-    return out, counts
+    out[k:k + nb_ - j, 0] = b[j:]
+    counts[k:k + nb_ - j] = b_counts[j:]
+    return k + nb_ - j
 
 
 @nb.njit(**_JIT)
-def merge_two(a_keys, a_counts, b_keys, b_counts):
-    """Merge two sorted runs of distinct keys, summing the counts of keys in both. Exact size out."""
+def _fill_merge(a_keys, a_counts, b_keys, b_counts, out, counts) -> int:
     if a_keys.shape[1] == 1:
-        return _merge_one_word(a_keys[:, 0], a_counts, b_keys[:, 0], b_counts)
+        return _fill_merge_one_word(a_keys[:, 0], a_counts, b_keys[:, 0], b_counts, out, counts)
     na, nb_ = a_keys.shape[0], b_keys.shape[0]
-    i = j = u = 0
-    while i < na and j < nb_:
-        c = _cmp(a_keys, i, b_keys, j)
-        i += c <= 0
-        j += c >= 0
-        u += 1
-    u += (na - i) + (nb_ - j)
-    out = np.empty((u, a_keys.shape[1]), np.int64)
-    counts = np.empty(u, np.int64)
     i = j = k = 0
     while i < na and j < nb_:
         c = _cmp(a_keys, i, b_keys, j)
@@ -169,7 +156,16 @@ def merge_two(a_keys, a_counts, b_keys, b_counts):
         counts[k] = b_counts[j]
         j += 1
         k += 1
-    return out, counts
+    return k
+
+
+@nb.njit(**_JIT)
+def merge_two(a_keys, a_counts, b_keys, b_counts):
+    """Merge two sorted runs of distinct keys, summing the counts of keys in both."""
+    rows = a_keys.shape[0] + b_keys.shape[0]
+    out, counts = np.empty((rows, a_keys.shape[1]), np.int64), np.empty(rows, np.int64)
+    u = _fill_merge(a_keys, a_counts, b_keys, b_counts, out, counts)
+    return out[:u], counts[:u]
 
 
 @nb.njit(**_JIT)

@@ -25,6 +25,7 @@ from .table_stream import build_table_streaming
 from .tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_vocab_size
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+PIPELINE_BYTES = 64 << 20  # of the budget, kept for the tokenizer's batches (token_stream: ~1 MB of text each)
 
 
 @dataclass
@@ -123,6 +124,8 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
     from .token_stream import tokenized_batches
 
     memory_bytes = parse_memory(memory)
+    if memory_bytes is not None:  # the batches in flight between the tokenizer thread and the counter
+        memory_bytes -= min(PIPELINE_BYTES, memory_bytes // 8)
     reader = CorpusReader(corpus_paths, split, encoding, jsonl_field)  # checks every path first
     tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_dir)
     vocab = tokenizer_vocab_size(tok)
