@@ -105,3 +105,15 @@ def test_jsonl_field_and_errors(tmp_path):
     bad.write_text('{"text": "ok"}\nnot json at all\n')
     with pytest.raises(CorpusError, match="bad.jsonl:2: not a JSON object"):
         list(iter_corpus_documents([str(bad)]))
+
+
+def test_every_file_is_checked_before_any_is_counted(tmp_path, monkeypatch):
+    from vllm_ngram_style.corpus_reader import CorpusReader
+
+    good, bad = tmp_path / "a.txt", tmp_path / "b.txt"
+    good.write_text("fine text\n")
+    bad.write_bytes(b"fine\n" * 1000 + b"caf\xe9\n")
+    reader = CorpusReader([str(good), str(bad)])
+    with pytest.raises(CorpusError, match=r"b.txt' is not UTF-8 text \(invalid continuation byte at byte 5003\)"):
+        reader.check()
+    assert reader.bytes_done == 0  # nothing was read for counting

@@ -71,10 +71,10 @@ def iter_lines(path: str, codec: str, progress: _Progress | None = None) -> Iter
 class _Scan:
     """What the first pass learns about a text file (line indices from 0)."""
 
-    def __init__(self, path: str, codec: str, need_blank: bool):
+    def __init__(self, path: str, codec: str, need_blank: bool, progress: _Progress | None = None):
         self.start = self.end = None  # first START line, first END line
         blank_any = blank_after_start = None  # first blank line that is a separator, overall / after START
-        for i, (line, ended) in enumerate(iter_lines(path, codec)):
+        for i, (line, ended) in enumerate(iter_lines(path, codec, progress)):
             if line.startswith("***"):
                 if self.start is None and _START_LINE.match(line):
                     self.start = i
@@ -93,9 +93,11 @@ class _Scan:
             self.has_blank = blank_any is not None
 
 
-def text_file_documents(path: str, split: str, codec: str, progress: _Progress | None = None) -> Iterator[str]:
-    """The documents of one text file, as split_documents(strip_gutenberg(whole text), split) gives them."""
-    scan = _Scan(path, codec, need_blank=split == "auto")
+def text_file_documents(path: str, split: str, codec: str, progress: _Progress | None = None,
+                        scan: _Scan | None = None) -> Iterator[str]:
+    """The documents of one text file, as split_documents(strip_gutenberg(whole text), split) gives
+    them. scan: the file's first pass, when already made (with need_blank for split 'auto')."""
+    scan = scan or _Scan(path, codec, need_blank=split == "auto")
     if split == "auto":
         split = "paragraph" if scan.has_blank else "line"
     first, stop = (scan.start + 1, scan.end) if scan.strip else (0, None)
@@ -132,7 +134,7 @@ def jsonl_documents(path: str, split: str, codec: str, field: str, progress: _Pr
         text = record.get(field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             what = "not a JSON object" if not isinstance(record, dict) else (
-                f"no {field!r} field (fields: {', '.join(list(record)[:8])})" if field not in record
+                f"no {field!r} field (fields: {', '.join(str(k)[:20] for k in list(record)[:8])})" if field not in record
                 else f"field {field!r} is not a string")
             raise CorpusError(f"{path}:{i}: {what}; name the text field with --jsonl-field")
         yield from split_documents(text, split)
@@ -140,7 +142,8 @@ def jsonl_documents(path: str, split: str, codec: str, field: str, progress: _Pr
 
 class CorpusReader:
     """Iterates over the documents of every corpus file in turn; ``bytes_done`` of ``total_bytes``
-    tell how far it is (for a progress bar). All paths and the encoding are checked up front."""
+    tell how far it is (for a progress bar). All paths are checked when it is made; ``check`` reads
+    every file once more to check its encoding (and find what the split needs) before any is used."""
 
     def __init__(self, paths: list[str], split: str = "auto", encoding: str = DEFAULT_ENCODING,
                  jsonl_field: str = DEFAULT_JSONL_FIELD):
@@ -150,26 +153,48 @@ class CorpusReader:
         self.files = expand_corpus_paths(paths)
         self.total_bytes = sum(os.path.getsize(f) for f in self.files)
         self._progress = _Progress()
+        self._checked = _Progress()
+        self._plan: dict[str, tuple[str, _Scan]] = {}  # path -> (codec, first pass)
 
     @property
     def bytes_done(self) -> int:
         return self._progress.done
 
+    @property
+    def bytes_checked(self) -> int:
+        return self._checked.done
+
+    def _file_plan(self, path: str) -> tuple[str, _Scan]:
+        if path not in self._plan:
+            codec = file_encoding(path, self.encoding)
+            self._plan[path] = codec, _Scan(path, codec, self.split == "auto" and not is_jsonl(path), self._checked)
+        return self._plan[path]
+
+    def check(self) -> None:
+        """Decode every file (CorpusError for the first that fails), so that a bad file stops the run
+        before any time is spent counting; ``bytes_checked`` tells how far it is."""
+        base = 0
+        for path in self.files:
+            self._checked.done = base
+            self._file_plan(path)
+            base += os.path.getsize(path)
+            self._checked.done = base
+
     def __iter__(self) -> Iterator[str]:
         base = 0
         for path in self.files:
-            codec = file_encoding(path, self.encoding)
+            codec, scan = self._file_plan(path)
             self._progress.done = base
             if is_jsonl(path):
                 yield from jsonl_documents(path, self.split, codec, self.jsonl_field, self._progress)
             elif self.split == "file":  # one document per file: the whole file's words
                 words = []
-                for doc in text_file_documents(path, "line", codec, self._progress):
+                for doc in text_file_documents(path, "line", codec, self._progress, scan):
                     words += doc.split()
                 if words:
                     yield " ".join(words)
             else:
-                yield from text_file_documents(path, self.split, codec, self._progress)
+                yield from text_file_documents(path, self.split, codec, self._progress, scan)
+            self._plan.pop(path)
             base += os.path.getsize(path)
             self._progress.done = base
-

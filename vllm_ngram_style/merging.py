@@ -30,7 +30,7 @@ def _block_rows(memory_bytes: int | None, orders: int, bits: int) -> int:
 
 def merge_shards(shard_paths: list[str], out: str, top_k: int = DEFAULT_TOP_K,
                  smoothing_k: float = DEFAULT_SMOOTHING_K, weights=None, name: str = "", memory=None,
-                 counts_only: bool = False, verify: bool = True) -> TrainSummary:
+                 counts_only: bool = False, verify: bool = True, progress: bool = False) -> TrainSummary:
     """Merge count shards into a pack at ``out`` (counts_only: into one shard holding their sum).
 
     verify: check every shard's checksum first (one extra read of each)."""
@@ -63,7 +63,7 @@ def merge_shards(shard_paths: list[str], out: str, top_k: int = DEFAULT_TOP_K,
     else:
         label = name or os.path.splitext(corpus["files"][0])[0]
         pack = write_pack_streaming(out, blocks, orders, bits, unigrams, vocab, first.fingerprint,
-                                    smoothing_k, top_k, weights, corpus, label, threads)
+                                    smoothing_k, top_k, weights, corpus, label, threads, progress)
         distinct = [t.distinct_ngrams for t in pack.tables]
         contexts, entries = load_pack_sizes(out)
     summary = TrainSummary(corpus["documents"], corpus["tokens"], distinct, contexts, entries, 0.0, 0.0)

@@ -49,10 +49,14 @@ def _placeholder(n: int, distinct: int) -> OrderTable:
 
 def write_pack_streaming(path: str, order_blocks: Callable[[int], Iterable], orders: int, bits: int,
                          unigram_counts: np.ndarray, vocab_size: int, fingerprint: str, smoothing_k: float,
-                         top_k: int, weights: list[float], corpus: dict, name: str, threads: int = 1) -> StylePack:
+                         top_k: int, weights: list[float], corpus: dict, name: str, threads: int = 1,
+                         progress: bool = False) -> StylePack:
     """Write a pack from ``order_blocks(n)``: order n's sorted (keys, counts) blocks, n >= 2; it is
     called twice per order and must give the same blocks each time. Returns the pack without its
-    arrays (metadata and sizes only; load the file for the tables)."""
+    arrays (metadata and sizes only; load the file for the tables). progress: tqdm bars over the
+    distinct n-grams, one per pass."""
+    from tqdm.auto import tqdm
+
     uni_ids = np.flatnonzero(unigram_counts).astype(np.int32)
     first = build_top_k_table(OrderCounts(1, uni_ids[:, None], unigram_counts[uni_ids]), top_k)
 
@@ -60,10 +64,12 @@ def write_pack_streaming(path: str, order_blocks: Callable[[int], Iterable], ord
         sizer = TableSizer(n, top_k, bits)
         for keys, counts in order_blocks(n):
             sizer.add(keys, counts)
+            bar.update(keys.shape[0])
         sizer.finish()
         return sizer
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
+            tqdm(desc="merging the counts", unit=" n-grams", unit_scale=True, disable=not progress) as bar:
         sizes = list(pool.map(size, range(2, orders + 1)))
     specs = [("unigram_counts", np.int64, (vocab_size,))]
     specs += [(f"order1.{f}", getattr(first, f).dtype, getattr(first, f).shape) for f in _FIELDS[1:]]
@@ -84,10 +90,13 @@ def write_pack_streaming(path: str, order_blocks: Callable[[int], Iterable], ord
             builder = TopKTableBuilder(n, top_k, bits, _OrderSink(writer, n))
             for keys, counts in order_blocks(n):
                 builder.add(keys, counts)
+                bar.update(keys.shape[0])
             builder.finish()
             return builder.distinct_ngrams
 
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
+                tqdm(total=sum(s.distinct_ngrams for s in sizes), desc="writing the pack", unit=" n-grams",
+                     unit_scale=True, disable=not progress) as bar:
             distinct = list(pool.map(build, range(2, orders + 1)))
         if distinct != [s.distinct_ngrams for s in sizes]:
             raise RuntimeError("the counts changed between the two passes over them")

@@ -129,6 +129,10 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
     reader = CorpusReader(corpus_paths, split, encoding, jsonl_field)  # checks every path first
     tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_dir)
     vocab = tokenizer_vocab_size(tok)
+    with tqdm(total=reader.total_bytes, desc="checking the corpus", unit="B", unit_scale=True,
+              disable=not progress or len(reader.files) == 1) as bar:  # one file: checked as it is read
+        if len(reader.files) > 1:
+            _check_with_bar(reader, bar)
     counter = NgramCounter(orders, vocab, memory_bytes=memory_bytes, spill_dir=spill_dir)
     count = 0.0  # seconds spent counting; the rest of the pipeline's time is waiting for batches
     docs = 0
@@ -158,6 +162,27 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
     meta = {"files": [corpus_label(p) for p in corpus_paths], "documents": counter.documents,
             "tokens": counter.tokens, "split": split}
     return CountedCorpus(counter, tok, vocab, meta, wait, count)
+
+
+def _check_with_bar(reader, bar) -> None:
+    """reader.check() in a thread, the bar following bytes_checked."""
+    import threading
+
+    failure: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(reader.check, failure), daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        bar.update(reader.bytes_checked - bar.n)
+    if failure:
+        raise failure[0]
+
+
+def _capture(fn, failure: list) -> None:
+    try:
+        fn()
+    except BaseException as exc:  # raised again in the caller's thread
+        failure.append(exc)
 
 
 def _summary(counted: CountedCorpus, tables_or_counts, count_seconds: float) -> TrainSummary:
@@ -231,12 +256,11 @@ def train_to_file(out: str, tokenizer_dir: str, corpus_paths: list[str], orders:
     counter = counted.counter
     t1 = time.perf_counter()
     try:
-        if progress:
-            print("merging the counts and writing the pack ...", flush=True)
         pack = write_pack_streaming(out, counter.blocks, orders, counter.bits, counter.unigram_counts,
                                     counted.vocab_size, tokenizer_fingerprint(counted.tokenizer), smoothing_k,
                                     top_k, weights, counted.corpus_meta,
-                                    name or os.path.splitext(corpus_label(corpus_paths[0]))[0], counter.threads)
+                                    name or os.path.splitext(corpus_label(corpus_paths[0]))[0], counter.threads,
+                                    progress)
     finally:
         counter.close()
     stored = load_pack_sizes(out)

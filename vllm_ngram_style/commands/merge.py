@@ -15,13 +15,15 @@ def add_arguments(p) -> None:
     p.add_argument("--counts", action="store_true", help="write the merged counts as one shard instead of a pack")
     p.add_argument("--memory", default="2G", help="memory budget of the merge, e.g. 2G (default 2G)")
     p.add_argument("--no-verify", action="store_true", help="skip checking each shard's checksum (one read of each)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
     from ..merging import merge_shards
 
     summary = merge_shards(args.shards, args.out, args.top_k, args.smoothing_k, args.weights, args.name,
-                           args.memory, counts_only=args.counts, verify=not args.no_verify)
+                           args.memory, counts_only=args.counts, verify=not args.no_verify,
+                           progress=not args.quiet)
     print(f"wrote {args.out}")
     for line in summary.lines()[:1] + summary.lines()[2:]:
         print("  " + line)
