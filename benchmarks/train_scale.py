@@ -21,10 +21,8 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -110,8 +108,13 @@ def run_text(tokens: int, memory: str, tokenizer: str, files: list[str], folder:
     from vllm_ngram_style.train import train_to_file
 
     tok = load_tokenizer(tokenizer)
-    # tokens of one pass over the files, to know how many passes reach the target
-    per_pass = sum(int(encode_documents(tok, list(iter_corpus_documents([f])))[1].sum()) for f in files)
+    # one pass over the files, tokenizer alone (documents read first): how many passes reach the
+    # target, and what the tokenizer allows by itself on this machine
+    docs = [list(iter_corpus_documents([f])) for f in files]
+    t0 = time.perf_counter()
+    per_pass = sum(int(encode_documents(tok, d)[1].sum()) for d in docs)
+    tokenizer_rate = per_pass / (time.perf_counter() - t0)
+    del docs
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     passes = max(1, round(tokens / per_pass))
     out = os.path.join(folder, f"bench_text_{tokens}.stylepack")
@@ -122,7 +125,9 @@ def run_text(tokens: int, memory: str, tokenizer: str, files: list[str], folder:
     os.remove(out)
     return {"kind": f"text x{passes}", "tokens": summary.tokens, "count_s": t1 - t0, "pack_s": 0.0,
             "spills": summary.spills, "spill_bytes": 0, "pack_bytes": summary.pack_bytes, "chunk_tokens": 0,
-            "rss_start": rss_before, "count_only_s": summary.count_seconds, "wait_s": summary.tokenize_seconds}
+            "rss_start": rss_before, "count_only_s": summary.count_seconds, "wait_s": summary.tokenize_seconds,
+            "tokenizer_alone_tok_s": tokenizer_rate,
+            "tokenizer_threads": "1" if os.environ.get("TOKENIZERS_PARALLELISM") == "false" else "all cores"}
 
 
 def child(args) -> int:
@@ -156,6 +161,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=os.environ.get("TMPDIR", "/tmp"), help="synthetic data, spills and packs")
     ap.add_argument("--keep-data", action="store_true", help="keep the generated synthetic ids for a later run")
+    ap.add_argument("--serial-tokenizer", action="store_true",
+                    help="text runs with TOKENIZERS_PARALLELISM=false (one tokenizer thread), to compare")
     ap.add_argument("--results", default="", help="append the table to this file (e.g. benchmarks/RESULTS.md)")
     ap.add_argument("--one", type=parse_count, help=argparse.SUPPRESS)
     ap.add_argument("--kind", help=argparse.SUPPRESS)
@@ -176,7 +183,10 @@ def main() -> int:
         else:  # generated here, so the child's time and memory are the counting's alone
             synthetic_files(parse_count(size), args.seed, args.data_dir)
         load_before = os.getloadavg()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.path.join(HERE, "..")))
+        env = dict(os.environ, PYTHONPATH=os.path.join(HERE, ".."))
+        if kind == "text":
+            env["TOKENIZERS_PARALLELISM"] = "false" if args.serial_tokenizer else "true"
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
@@ -204,6 +214,11 @@ def main() -> int:
                   f"{r['pack_s']:.1f} | {r['tokens'] / total / 1e6:.2f} | {r['cpu_s']:.0f} | {r['spills']} | {r['spill_bytes'] / 1e9:.2f} | "
                   f"{r['pack_bytes'] / 1e6:.0f} | {r['peak_rss'] / 2**20:.0f} | {(r['peak_rss'] - budget) / 2**20:+.0f} | "
                   f"{r['load'][0][0]:.1f} / {r['load'][1][0]:.1f} |\n")
+    for r in rows:
+        if "tokenizer_alone_tok_s" in r:
+            table += (f"\n{r['kind']} ({r['tokens']:,} tokens, tokenizer threads: {r['tokenizer_threads']}): tokenizer alone "
+                      f"{r['tokenizer_alone_tok_s'] / 1e6:.2f}M tok/s; in the pipeline the main thread spent "
+                      f"{r['count_only_s']:.1f} s counting and {r['wait_s']:.1f} s waiting for batches.\n")
     print(table)
     if args.results:
         with open(args.results, "a") as fh:

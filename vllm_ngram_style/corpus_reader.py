@@ -19,7 +19,7 @@ import re
 from typing import Iterator
 
 from .corpus import (DEFAULT_ENCODING, DEFAULT_JSONL_FIELD, check_encoding, check_split, decode_error,
-                     expand_corpus_paths, file_encoding, is_jsonl, open_binary, split_documents, strip_gutenberg)
+                     expand_corpus_paths, file_encoding, is_jsonl, open_binary, split_documents)
 from .errors import CorpusError
 
 _BLOCK_BYTES = 1 << 20
@@ -33,10 +33,22 @@ def _is_blank(line: str) -> bool:
 
 
 class _Progress:
-    """Bytes of the corpus read so far (on disk: compressed bytes for .gz), for the progress bar."""
+    """Bytes of the corpus read so far (on disk: compressed bytes for .gz), for a progress bar;
+    ``on_change(done)`` is called as it grows (once per block read)."""
 
-    def __init__(self):
-        self.done = 0
+    def __init__(self, on_change=None):
+        self._done = 0
+        self.on_change = on_change
+
+    @property
+    def done(self) -> int:
+        return self._done
+
+    @done.setter
+    def done(self, value: int) -> None:
+        self._done = value
+        if self.on_change is not None:
+            self.on_change(value)
 
 
 def iter_lines(path: str, codec: str, progress: _Progress | None = None) -> Iterator[tuple[str, bool]]:
@@ -160,19 +172,16 @@ class CorpusReader:
     def bytes_done(self) -> int:
         return self._progress.done
 
-    @property
-    def bytes_checked(self) -> int:
-        return self._checked.done
-
     def _file_plan(self, path: str) -> tuple[str, _Scan]:
         if path not in self._plan:
             codec = file_encoding(path, self.encoding)
             self._plan[path] = codec, _Scan(path, codec, self.split == "auto" and not is_jsonl(path), self._checked)
         return self._plan[path]
 
-    def check(self) -> None:
+    def check(self, on_progress=None) -> None:
         """Decode every file (CorpusError for the first that fails), so that a bad file stops the run
-        before any time is spent counting; ``bytes_checked`` tells how far it is."""
+        before any time is spent counting; ``on_progress(bytes checked)`` follows it."""
+        self._checked.on_change = on_progress
         base = 0
         for path in self.files:
             self._checked.done = base

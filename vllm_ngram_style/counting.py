@@ -174,7 +174,7 @@ class NgramCounter:
         self.unigram_counts += np.bincount(stream, minlength=self.vocab_size)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [D+1]
 
-        def count_order(n: int) -> None:
+        def count_order(n: int, stream: np.ndarray, offsets: np.ndarray) -> None:
             keys = sort_keys(chunk_keys(stream, offsets, n, self.bits))  # [M, W]
             if keys.shape[0]:
                 table = MemoryRun(*run_length(keys))
@@ -184,8 +184,9 @@ class NgramCounter:
                 self._compact(n)
 
         # Orders count (and merge) in parallel threads: the kernels release the GIL.
-        list(self._pool().map(count_order, range(2, self.max_order + 1)))
-        del stream
+        orders = range(2, self.max_order + 1)
+        list(self._pool().map(count_order, orders, [stream] * len(orders), [offsets] * len(orders)))
+        del stream, offsets
         if self.memory_bytes is not None and self.resident_bytes + self.chunk_bytes > self.memory_bytes:
             self._spill()
 

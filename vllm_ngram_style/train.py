@@ -132,7 +132,7 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
     with tqdm(total=reader.total_bytes, desc="checking the corpus", unit="B", unit_scale=True,
               disable=not progress or len(reader.files) == 1) as bar:  # one file: checked as it is read
         if len(reader.files) > 1:
-            _check_with_bar(reader, bar)
+            reader.check(lambda done: bar.update(done - bar.n))
     counter = NgramCounter(orders, vocab, memory_bytes=memory_bytes, spill_dir=spill_dir)
     count = 0.0  # seconds spent counting; the rest of the pipeline's time is waiting for batches
     docs = 0
@@ -162,27 +162,6 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
     meta = {"files": [corpus_label(p) for p in corpus_paths], "documents": counter.documents,
             "tokens": counter.tokens, "split": split}
     return CountedCorpus(counter, tok, vocab, meta, wait, count)
-
-
-def _check_with_bar(reader, bar) -> None:
-    """reader.check() in a thread, the bar following bytes_checked."""
-    import threading
-
-    failure: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(reader.check, failure), daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.2)
-        bar.update(reader.bytes_checked - bar.n)
-    if failure:
-        raise failure[0]
-
-
-def _capture(fn, failure: list) -> None:
-    try:
-        fn()
-    except BaseException as exc:  # raised again in the caller's thread
-        failure.append(exc)
 
 
 def _summary(counted: CountedCorpus, tables_or_counts, count_seconds: float) -> TrainSummary:
