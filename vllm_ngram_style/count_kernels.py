@@ -23,11 +23,12 @@ def _shield_llvmlite_from_vllm_scan() -> None:
     wrapper a plain empty dict under that name; llvmlite never reads it (the class has slots)."""
     try:
         from llvmlite.binding import ffi
-    except ImportError:
-        return
-    table = getattr(ffi.lib, "_fntab", None)  # the wrapper's cache of looked-up symbols
-    if isinstance(table, dict) and not isinstance(table.get("__dict__"), dict):
-        table["__dict__"] = {}
+
+        table = ffi.lib._fntab  # the wrapper's cache of looked-up symbols
+        if not isinstance(table.get("__dict__"), dict):
+            table["__dict__"] = {}
+    except (ImportError, AttributeError):  # another llvmlite layout: nothing to keep safe
+        pass
 
 
 _shield_llvmlite_from_vllm_scan()
