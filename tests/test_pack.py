@@ -118,8 +118,9 @@ def test_train_errors(tiny_tokenizer_dir, tmp_path):
         train_pack(tiny_tokenizer_dir, [str(empty)], progress=False)
     with pytest.raises(CorpusError, match="corpus file not found"):
         train_pack(tiny_tokenizer_dir, [str(tmp_path / "missing.txt")], progress=False)
-    with pytest.raises(CorpusError, match="is a folder"):
-        train_pack(tiny_tokenizer_dir, [str(tmp_path)], progress=False)
+    (tmp_path / "no_files").mkdir()  # a folder is read file by file; an empty one is an error
+    with pytest.raises(CorpusError, match="holds no files"):
+        train_pack(tiny_tokenizer_dir, [str(tmp_path / "no_files")], progress=False)
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00abc")
     with pytest.raises(CorpusError, match="not UTF-8"):

@@ -12,6 +12,8 @@ from .errors import NgramStyleError
 # name -> (module, one-line help)
 COMMANDS = {
     "train": ("train", "count a corpus with a model's tokenizer into a .stylepack"),
+    "count": ("count", "count one shard of a corpus into exact full counts (.counts), for merge"),
+    "merge": ("merge", "merge count shards into a .stylepack, as if trained on all their files"),
     "generate": ("generate", "generate steered and unsteered text side by side"),
     "serve": ("serve", "start vLLM's OpenAI server with style steering"),
     "eval": ("evaluate", "sweep strength and modes; the paper's metrics, tables and plots"),
