@@ -33,7 +33,7 @@ case "${1:-}" in
     setup
     shift
     set +e
-    "$PY" -m pytest -q -p no:cacheprovider tests "$@"
+    "$PY" -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
     rc=$?
     [ $rc -eq 5 ] && { echo "no tests ran"; exit 1; }
     exit $rc ;;
