@@ -165,16 +165,51 @@ def test_generate_end_to_end(tiny_model_dir, packs):
     cmd = [sys.executable, "-m", "vllm_ngram_style.cli", "generate", "--model", tiny_model_dir,
            "--style", f"alpha={packs['alpha']}", "--style", f"beta={packs['beta']}", "--strength", "1.5",
            "--adaptive", "--loop-guard", "3", "--loop-penalty", "2", "--prompt", "The knight said", "--prompt", "Market price",
-           "--max-tokens", "12", "--width", "200"]
+           "--max-tokens", "12", "--width", "200", "--score", f"alpha={packs['beta']}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert out.count("The knight said") == 1 and out.count("Market price") == 1
     assert "unsteered" in out and "alpha (λ=1.5, exact, adaptive, loop guard 3, penalty 2)" in out and "beta (λ=1.5" in out
-    assert "tokens in" in proc.stderr
+    assert "tokens in" in proc.stderr and "sampling (temperature 1, top-p 0.9, seed 0)" in proc.stderr
+    # every column is scored (2 prompts, then the medians): unsteered and alpha under the --score pack, beta by
+    # base ppl only
+    assert out.count("held-out alpha ppl") == 2 * 2 + 2 and out.count("base ppl") == 2 * 3 + 3 + 1  # + the legend line
+    assert "medians over the 2 prompts:" in out and "steered: alpha, beta at λ=1.5" in out
+    bad = subprocess.run(cmd[:6] + ["--style", f"alpha={packs['alpha']}", "--score", "gamma=x"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--score 'gamma': not a style of this run" in bad.stderr
     bad = subprocess.run(cmd[:6] + ["--style", f"alpha={packs['alpha']}", "--strength", "7"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "style_strength must be between 0 and 5, got 7" in bad.stderr
-    bad = subprocess.run(cmd[:6] + ["--style", f"alpha={packs['alpha']}", "--loop-penalty", "2"], capture_output=True,
+    bad = subprocess.run(cmd[:6] + ["--style", f"alpha={packs['alpha']}", "--loop-guard", "0", "--loop-penalty", "2"],
+                         capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "style_loop_penalty needs style_loop_guard" in bad.stderr
+
+
+def test_generate_defaults_and_scores():
+    """The demo's defaults (sampling, best mode with penalty 3), greedy one flag away, and the score line's
+    arithmetic: base perplexity is exp(-mean raw logprob)."""
+    import argparse
+    import math
+
+    from vllm_ngram_style.commands import generate
+
+    p = argparse.ArgumentParser()
+    generate.add_arguments(p)
+    args = p.parse_args(["--model", "m", "--style", "a=x"])
+    generate._settle_defaults(args)
+    assert (args.temperature, args.top_p, args.adaptive, args.loop_guard, args.loop_penalty) == (1.0, 0.9, True, 4, 3.0)
+    args = p.parse_args(["--model", "m", "--style", "a=x", "--greedy", "--no-adaptive", "--loop-guard", "0"])
+    generate._settle_defaults(args)
+    assert (args.temperature, args.adaptive, args.loop_penalty) == (0.0, False, 0.0)
+    assert generate._decoding(args) == "greedy"
+    assert math.isclose(generate.base_ppl([math.log(0.5)] * 3), 2.0)
+    assert math.isclose(generate.base_ppl([math.log(0.5), math.log(0.125)]), 4.0)
+
+    class Fixed:
+        def style_ppl(self, tokens):
+            return 100.0 + len(tokens)
+
+    assert generate.score_line({"a": Fixed()}, ["a"], [1, 2, 3], [0.0, 0.0, 0.0]) == "held-out a ppl 103 · base ppl 1.0"
