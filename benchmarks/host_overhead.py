@@ -10,7 +10,7 @@ top-512) and token histories cut from the book, at batch 256 and 1024 and logits
 added request at an occupied index; V2: add_request on a recycled slot), so the per-batch caches
 are rebuilt as they would be when requests finish and join.
 
-Backends: "reference" (the torch op: the CPU path, timed for real) and "triton, launch stubbed":
+Backends: "cpu" (the numba CPU kernel: the default CPU path), "reference" (the torch op), both timed for real, and "triton, launch stubbed":
 the Triton path with the kernel launch replaced by a no-op recorder, i.e. every host-side op of the
 adapter, core and launcher except the launch itself (whose host cost on a GPU is in
 benchmarks/kernel_bench.py / gpu-notes.md). Under TRITON_INTERPRET the launch would run the kernel
@@ -209,8 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", nargs="+", type=int, default=[256, 1024])
     ap.add_argument("--vocab", nargs="+", type=int, default=[49152, 128256])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.0, 0.5, 1.0])
-    ap.add_argument("--backends", nargs="+", default=["reference", "triton", "naive"],
-                    choices=["reference", "triton", "naive"],
+    ap.add_argument("--backends", nargs="+", default=["cpu", "reference", "triton", "naive"],
+                    choices=["cpu", "reference", "triton", "naive"],
                     help="naive: the naive per-request processor (V1 protocol only), for contrast")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration (default 20)")
     ap.add_argument("--model", default="smollm2", help="model folder whose tokenizer the pack uses (default smollm2)")
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
                 for fraction in args.fractions:
                     for fn in (bench_v1,) if backend == "naive" else (bench_v1, bench_v2):
                         r = fn(cfg, backend, batch, vocab, fraction, args.steps, stream)
-                        r["backend_label"] = {"reference": "reference (torch)", "triton": "triton, launch stubbed",
+                        r["backend_label"] = {"cpu": "CPU kernel (numba)", "reference": "reference (torch)", "triton": "triton, launch stubbed",
                                               "naive": "per-request Python"}[backend]
                         rows.append(r)
                         print(table([r]).splitlines()[-1], flush=True)

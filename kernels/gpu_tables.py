@@ -123,6 +123,16 @@ def home_slot(h: np.ndarray, home_range: int) -> np.ndarray:
     return (((h >> 32) & 0xFFFFFFFF) * np.int64(home_range)) >> 32
 
 
+def _has_duplicate_rows(keys: np.ndarray) -> bool:
+    """Whether two rows of keys [C, W] are equal. lexsort releases the GIL while it sorts;
+    np.unique(axis=0) holds it throughout (hundreds of ms at 600k keys), stalling the decoding thread
+    while a live style update builds its tables."""
+    if keys.shape[0] < 2:
+        return False
+    s = keys[np.lexsort(keys.T[::-1])]  # [C, W] rows in lexicographic order
+    return bool(np.any(np.all(s[1:] == s[:-1], axis=1)))
+
+
 def _place(home: np.ndarray) -> np.ndarray:
     """Linear probing without wrap, keys inserted in home order: slot_i = max(home_i, slot_{i-1} + 1).
 
@@ -178,9 +188,12 @@ def _canonical(vid: int, style: CompiledStyle, n: int) -> _Group:
     first = np.flatnonzero(new)
     deltas = np.add.reduceat(deltas, first)
     cid, tokens = cid[first], tokens[first]
-    kept, newcid = np.unique(cid, return_inverse=True)  # contexts without entries contribute nothing: dropped
-    counts = np.bincount(newcid, minlength=kept.shape[0])
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # cid is sorted: the contexts that kept entries and their entry counts, without np.unique (which
+    # holds the GIL for its whole sort: a live style build would stall the decoding thread). Contexts
+    # without entries contribute nothing: dropped.
+    starts = np.flatnonzero(np.concatenate([[True], cid[1:] != cid[:-1]]))  # [C'] first entry per kept context
+    kept = cid[starts]
+    offsets = np.concatenate([starts, [cid.shape[0]]]).astype(np.int64)
     return _Group(vid, n, ctx[kept], offsets, tokens, deltas.astype(np.float32))
 
 
@@ -290,7 +303,7 @@ def build_tables(variants: list[CompiledStyle], device=None, load_factor: float 
             continue  # home range 0: the kernel never probes this order
         keys = np.concatenate([layout.pack(np.full(g.ctx.shape[0], g.variant), g.ctx) for g in gs])  # [C, W]
         starts = np.concatenate([bases[(n, g.variant)] + g.offsets[:-1] for g in gs])  # [C]
-        if np.unique(keys, axis=0).shape[0] != c_total:
+        if _has_duplicate_rows(keys):
             raise StylePackError(f"order {n}: a variant lists the same context twice")
         home_range = max(1, int(np.ceil(c_total / load_factor)))
         if max_home_range is not None:

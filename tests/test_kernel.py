@@ -360,3 +360,15 @@ def test_benchmark_cpu_smoke():
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "correctness: PASS" in out.stdout and "| B |" in out.stdout
+
+
+def test_duplicate_context_check_matches_numpy_unique():
+    """The GIL-friendly duplicate check (lexsort) against np.unique(axis=0), on random keys with and
+    without repeated rows, one and two words wide."""
+    from vllm_ngram_style.kernels.gpu_tables import _has_duplicate_rows
+
+    rng = np.random.default_rng(7)
+    for w in (1, 2, 3):
+        for trial in range(20):
+            keys = rng.integers(0, 6 if trial % 2 else 1 << 40, (int(rng.integers(0, 40)), w))  # [C, W]
+            assert _has_duplicate_rows(keys) == (np.unique(keys, axis=0).shape[0] != keys.shape[0]), (w, keys)
