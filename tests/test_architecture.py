@@ -13,7 +13,7 @@ PKG = "vllm_ngram_style"
 # module (or package prefix) -> stage; a module may import only from its own stage or earlier ones.
 STAGES = [
     ("foundations", ["errors", "settings", "numba_compat", "quoting", "contract", "adaptive", "loop_guard", "tokenizer", "models"]),
-    ("corpus", ["corpus", "corpus_reader"]),
+    ("corpus", ["corpus", "corpus_reader", "corpus_split"]),
     ("counts", ["count_kernels", "spill", "counting", "table_stream", "safetensors_stream", "token_stream"]),
     ("pack", ["backoff", "pack", "kneser_ney", "arpa", "pack_writer", "shards", "train", "merging"]),
     ("modes", ["modes"]),

@@ -7,7 +7,8 @@ files at once. Layout, for each order n in 2..orders:
   order{n}.counts [U_n] int64      its count
   unigram_counts  [V] int64
 Metadata (the header's "ngram_style_counts" key) is JSON: format name and version, tokenizer
-fingerprint and vocabulary size, orders, corpus (files, documents, tokens, split) and a checksum
+fingerprint and vocabulary size, orders, corpus (files, documents, tokens, split; part and its
+scheme when not the whole corpus, see corpus_split.py) and a checksum
 computed as a pack's is.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 
 import numpy as np
 
+from .corpus_split import pack_part, part_metadata
 from .count_kernels import strictly_increasing
 from .counting import bits_per_token, pack_keys, unpack_keys
 from .errors import StylePackError
@@ -121,13 +123,15 @@ class Shard:
 
 
 def check_compatible(shards: list[Shard]) -> None:
-    """Shards merge only when counted with the same tokenizer, orders and document split."""
+    """Shards merge only when counted with the same tokenizer, orders, document split and part
+    (a train shard merged with a held-out one would leak held-out text into a steering pack)."""
     if not shards:
         raise StylePackError("no count shard given")
     first = shards[0]
     for s in shards[1:]:
         for what, a, b in (("tokenizer", first.fingerprint, s.fingerprint), ("vocabulary size", first.vocab_size, s.vocab_size),
-                           ("orders", first.orders, s.orders), ("split", first.corpus.get("split"), s.corpus.get("split"))):
+                           ("orders", first.orders, s.orders), ("split", first.corpus.get("split"), s.corpus.get("split")),
+                           ("part", pack_part(first.corpus), pack_part(s.corpus))):
             if a != b:
                 raise StylePackError(f"count shards {first.path!r} and {s.path!r} differ in {what} "
                                      f"({str(a)[:16]} vs {str(b)[:16]}); count every shard with the same settings")
@@ -138,4 +142,4 @@ def merged_corpus(shards: list[Shard]) -> dict:
     return {"files": [f for s in shards for f in s.corpus["files"]],
             "documents": sum(int(s.corpus["documents"]) for s in shards),
             "tokens": sum(int(s.corpus["tokens"]) for s in shards),
-            "split": shards[0].corpus["split"]}
+            "split": shards[0].corpus["split"], **part_metadata(pack_part(shards[0].corpus))}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .corpus import DEFAULT_ENCODING, DEFAULT_JSONL_FIELD
+from .corpus_split import BLOCK_DOCS, PartReader, check_part, part_metadata
 from .counting import MAX_ORDER, NgramCounter, build_top_k_table, build_top_k_tables
 from .errors import CorpusError, StylePackError
 from .pack import DEFAULT_SMOOTHING_K, DEFAULT_TOP_K, StylePack, default_weights
@@ -115,8 +116,10 @@ class CountedCorpus:
 
 def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split: str = "auto",
                  encoding: str = DEFAULT_ENCODING, jsonl_field: str = DEFAULT_JSONL_FIELD, memory=None,
-                 spill_dir: str | None = None, progress: bool = True, tokenizer=None) -> CountedCorpus:
+                 spill_dir: str | None = None, progress: bool = True, tokenizer=None,
+                 part: str = "all") -> CountedCorpus:
     """Read, tokenise and count a corpus in a pipeline, within ``memory`` (see parse_memory).
+    part: 'all', or only the 'train' or 'heldout' documents (corpus_split.py).
     The caller closes ``result.counter`` (it may hold spill files)."""
     from tqdm.auto import tqdm
 
@@ -126,6 +129,7 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
     memory_bytes = parse_memory(memory)
     if memory_bytes is not None:  # the batches in flight between the tokenizer thread and the counter
         memory_bytes -= min(PIPELINE_BYTES, memory_bytes // 8)
+    check_part(part)
     reader = CorpusReader(corpus_paths, split, encoding, jsonl_field)  # checks every path first
     tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_dir)
     vocab = tokenizer_vocab_size(tok)
@@ -140,7 +144,8 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
         with tqdm(total=reader.total_bytes, desc="reading, tokenising, counting", unit="B", unit_scale=True,
                   disable=not progress) as bar:
             start = time.perf_counter()
-            for stream, lengths, done in tokenized_batches(reader, tok):
+            docs_of_part = reader if part == "all" else PartReader(reader, part)
+            for stream, lengths, done in tokenized_batches(docs_of_part, tok):
                 t1 = time.perf_counter()
                 counter.add_batch(stream, lengths)
                 t2 = time.perf_counter()
@@ -153,14 +158,16 @@ def count_corpus(tokenizer_dir: str, corpus_paths: list[str], orders: int, split
             count += time.perf_counter() - t1
             wait = time.perf_counter() - start - count
         if docs == 0:
-            raise CorpusError(f"the corpus {', '.join(corpus_paths)[:200]} holds no text")
+            what = "" if part == "all" else (f" (its {part} part; the held-out part begins at document "
+                                             f"{3 * BLOCK_DOCS + 1}, see corpus_split.py)")
+            raise CorpusError(f"the corpus {', '.join(corpus_paths)[:200]}{what} holds no text")
         if counter.tokens == 0:
             raise CorpusError("the corpus holds no tokens (empty or whitespace-only)")
     except BaseException:
         counter.close()
         raise
     meta = {"files": [corpus_label(p) for p in corpus_paths], "documents": counter.documents,
-            "tokens": counter.tokens, "split": split}
+            "tokens": counter.tokens, "split": split, **part_metadata(part)}
     return CountedCorpus(counter, tok, vocab, meta, wait, count)
 
 
@@ -174,16 +181,17 @@ def train_pack(tokenizer_dir: str, corpus_paths: list[str], orders: int = 3, top
                smoothing_k: float = DEFAULT_SMOOTHING_K, weights=None, split: str = "auto",
                name: str = "", progress: bool = True, tokenizer=None, kneser_ney: bool = False,
                memory=None, encoding: str = DEFAULT_ENCODING, jsonl_field: str = DEFAULT_JSONL_FIELD,
-               spill_dir: str | None = None) -> tuple[StylePack, TrainSummary]:
+               spill_dir: str | None = None, part: str = "all") -> tuple[StylePack, TrainSummary]:
     """Train a pack and return it in memory (its tables are as large as the pack).
 
     kneser_ney: also estimate interpolated modified Kneser-Ney from the full counts and store it
     in the pack (mode "kn"; see kneser_ney.py), its orders >= 2 truncated to top_k per context;
     the full counts are then held in memory, whatever ``memory`` says. memory: budget of the
-    counting (parse_memory); None counts in memory without spilling."""
+    counting (parse_memory); None counts in memory without spilling. part: which documents
+    (corpus_split.py; 'all' by default)."""
     weights = validate_train_args(orders, top_k, smoothing_k, weights)
     counted = count_corpus(tokenizer_dir, corpus_paths, orders, split, encoding, jsonl_field, memory,
-                           spill_dir, progress, tokenizer)
+                           spill_dir, progress, tokenizer, part)
     counter = counted.counter
     t1 = time.perf_counter()
     backoff = None
@@ -216,7 +224,8 @@ def train_to_file(out: str, tokenizer_dir: str, corpus_paths: list[str], orders:
                   top_k: int = DEFAULT_TOP_K, smoothing_k: float = DEFAULT_SMOOTHING_K, weights=None,
                   split: str = "auto", name: str = "", progress: bool = True, tokenizer=None,
                   kneser_ney: bool = False, memory=None, encoding: str = DEFAULT_ENCODING,
-                  jsonl_field: str = DEFAULT_JSONL_FIELD, spill_dir: str | None = None) -> TrainSummary:
+                  jsonl_field: str = DEFAULT_JSONL_FIELD, spill_dir: str | None = None,
+                  part: str = "all") -> TrainSummary:
     """Train a pack and write it to ``out``, the same bytes as save_pack(train_pack(...)), without
     holding the tables in memory (with kneser_ney: through train_pack, see there). The file
     appears only once complete; an interrupted run leaves none (and removes its spill files)."""
@@ -225,13 +234,13 @@ def train_to_file(out: str, tokenizer_dir: str, corpus_paths: list[str], orders:
 
     if kneser_ney:
         pack, summary = train_pack(tokenizer_dir, corpus_paths, orders, top_k, smoothing_k, weights, split, name,
-                                   progress, tokenizer, True, memory, encoding, jsonl_field, spill_dir)
+                                   progress, tokenizer, True, memory, encoding, jsonl_field, spill_dir, part)
         save_pack(pack, out)
         summary.pack_bytes = os.path.getsize(out)
         return summary
     weights = validate_train_args(orders, top_k, smoothing_k, weights)
     counted = count_corpus(tokenizer_dir, corpus_paths, orders, split, encoding, jsonl_field, memory,
-                           spill_dir, progress, tokenizer)
+                           spill_dir, progress, tokenizer, part)
     counter = counted.counter
     t1 = time.perf_counter()
     try:
@@ -262,14 +271,16 @@ def load_pack_sizes(path: str) -> tuple[list[int], list[int]]:
 
 def count_to_shard(out: str, tokenizer_dir: str, corpus_paths: list[str], orders: int = 3, split: str = "auto",
                    progress: bool = True, tokenizer=None, memory=None, encoding: str = DEFAULT_ENCODING,
-                   jsonl_field: str = DEFAULT_JSONL_FIELD, spill_dir: str | None = None) -> TrainSummary:
-    """Count a corpus (one shard of a larger one) and write its exact full counts (shards.py)."""
+                   jsonl_field: str = DEFAULT_JSONL_FIELD, spill_dir: str | None = None,
+                   part: str = "all") -> TrainSummary:
+    """Count a corpus (one shard of a larger one) and write its exact full counts (shards.py);
+    part: which of its documents (corpus_split.py: split by their index within this shard)."""
     from .shards import shard_metadata, write_shard
 
     if not 1 <= orders <= MAX_ORDER:
         raise StylePackError(f"orders must be between 1 and {MAX_ORDER}, got {orders}")
     counted = count_corpus(tokenizer_dir, corpus_paths, orders, split, encoding, jsonl_field, memory,
-                           spill_dir, progress, tokenizer)
+                           spill_dir, progress, tokenizer, part)
     counter = counted.counter
     t1 = time.perf_counter()
     try:

@@ -19,6 +19,10 @@ def add_corpus_arguments(p) -> None:
                    help="text encoding of the corpus files (default utf-8, a byte-order mark dropped); "
                         "e.g. cp1252, latin-1, or auto to detect it per file (charset-normalizer)")
     p.add_argument("--jsonl-field", default="text", help="field of each JSONL record holding its text (default text)")
+    p.add_argument("--part", default="all", choices=["all", "train", "heldout"],
+                   help="which documents to count: all (default), or the deterministic train (70%%) or heldout "
+                        "(30%%) part: blocks of 20 documents, every 3rd, 6th and 9th block of 10 held out "
+                        "(for evaluation on text the steering pack never saw); recorded in the output's metadata")
     p.add_argument("--memory", default=DEFAULT_MEMORY,
                    help=f"memory budget of the counting, e.g. 2G or 512M (default {DEFAULT_MEMORY}); beyond it, "
                         "sorted runs go to --tmp-dir and are merged exactly at the end")
@@ -37,8 +41,8 @@ def run(args) -> int:
 
     summary = count_to_shard(args.out, args.tokenizer, args.corpus, args.orders, args.split,
                              progress=not args.quiet, memory=args.memory, encoding=args.encoding,
-                             jsonl_field=args.jsonl_field, spill_dir=args.tmp_dir)
-    print(f"wrote {args.out}")
+                             jsonl_field=args.jsonl_field, spill_dir=args.tmp_dir, part=args.part)
+    print(f"wrote {args.out}" + ("" if args.part == "all" else f" (part {args.part})"))
     print(f"  documents: {summary.documents:,}   tokens: {summary.tokens:,}   size: {summary.pack_bytes / 1e6:.2f} MB")
     for n, d in enumerate(summary.distinct_ngrams, 1):
         print(f"  order {n}: {d:,} distinct n-grams")

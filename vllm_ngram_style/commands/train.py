@@ -29,8 +29,8 @@ def run(args) -> int:
     summary = train_to_file(args.out, args.tokenizer, args.corpus, args.orders, args.top_k, args.smoothing_k,
                             args.weights, args.split, args.name, progress=not args.quiet,
                             kneser_ney=args.kneser_ney, memory=args.memory, encoding=args.encoding,
-                            jsonl_field=args.jsonl_field, spill_dir=args.tmp_dir)
-    print(f"wrote {args.out}")
+                            jsonl_field=args.jsonl_field, spill_dir=args.tmp_dir, part=args.part)
+    print(f"wrote {args.out}" + ("" if args.part == "all" else f" (part {args.part})"))
     for line in summary.lines():
         print("  " + line)
     return 0
