@@ -9,9 +9,11 @@ classifier would learn length instead of style, so consecutive held-out document
 chunks of a target length (and long documents cut), never across a gap between held-out blocks
 (the text on either side of a gap is not contiguous).
 
-Every chunk carries a group: its corpus's name and the held-out block (of BLOCK_DOCS documents) it
-starts in. Neighbouring chunks of a book share names and scenes, so cross-validation keeps each
-group in one fold (StratifiedGroupKFold) rather than scoring a chunk against its neighbour.
+Every chunk carries a group: its corpus's name and the document it starts in, so the pieces of one
+long document (a Brown sample is ~2,000 words) stay in one cross-validation fold
+(StratifiedGroupKFold) rather than scoring a chunk against its own continuation. Not the whole
+held-out block: a corpus of few, long documents (Brown "learned": 80) holds one held-out block,
+which would leave a single group and no folds.
 """
 from __future__ import annotations
 
@@ -47,27 +49,30 @@ def target_words(replies: list, max_tokens: int) -> int:
 
 
 def heldout_chunks(documents, words: int) -> list:
-    """(held-out block index, text) chunks of about ``words`` words from a corpus's documents (an
-    iterable of str in stream order, e.g. a CorpusReader): only held-out documents are read; a
-    chunk never spans two held-out blocks; a block's short remainder (< words / 2) is dropped."""
-    out, buf, block = [], [], None
+    """(index of the document it starts in, text) chunks of about ``words`` words from a corpus's
+    documents (an iterable of str in stream order, e.g. a CorpusReader): only held-out documents
+    are read; a chunk never spans two held-out blocks; a block's short remainder (< words / 2) is
+    dropped."""
+    out, buf, block, first = [], [], None, None
 
     def flush():
         if len(buf) >= words / 2:
-            out.append((block, " ".join(buf)))
+            out.append((first, " ".join(buf)))
         buf.clear()
 
     for i, doc in enumerate(documents):
         if document_part(i) != "heldout":
             continue
-        b = i // BLOCK_DOCS
-        if b != block:
+        if i // BLOCK_DOCS != block:
             flush()
-            block = b
+            block = i // BLOCK_DOCS
+        if not buf:
+            first = i
         buf.extend(doc.split())
         while len(buf) >= words:
-            out.append((block, " ".join(buf[:words])))
+            out.append((first, " ".join(buf[:words])))
             del buf[:words]
+            first = i  # what is left over is this document's
     flush()
     return out
 
@@ -89,7 +94,7 @@ def corpus_examples(name: str, path: str, label: int, words: int, limit: int, sp
     if not chunks:
         raise ConfigError(f"corpus {name!r} ({os.path.basename(path)[:60]}) has no held-out text of {words} words "
                           f"to train a style classifier on (its held-out part begins at document {3 * BLOCK_DOCS + 1})")
-    return [Example(text, label, f"{name}#{block}", name) for block, text in chunks]
+    return [Example(text, label, f"{name}#{doc}", name) for doc, text in chunks]
 
 
 def reply_examples(replies: list) -> list:
