@@ -3,6 +3,12 @@
 Sweeps style strength and modes (paper, exact, exact+adaptive, best = exact+adaptive+loop guard),
 plus the prompt-only baseline and prompt+best, greedy and top-p sampling, and writes the paper's
 metrics as CSV, JSON, PNG plots and a markdown summary.
+
+Style measured by what the steering never saw (issue 16): with --heldout-pack NAME=PATH (a pack of
+the corpus's held-out part, train --part heldout) every generation also gets its style perplexity
+under that pack; with --style-corpus NAME=PATH, style classifiers (evaluation/style_classifier.py)
+learn the corpus's held-out part against the model's unsteered replies to non-evaluation prompts
+and give every generation a P(style). The in-sample style perplexity stays, labelled as such.
 """
 from __future__ import annotations
 
@@ -174,10 +180,9 @@ def run(args) -> int:
     from ..evaluation.prompts import load_prompts, style_instruction
     from ..evaluation.report import write_report
     from ..evaluation.runner import CorpusSpec, EvalSettings, run_evaluation
+    from ..evaluation.style_classifier import parse_classifiers
     from ..models import resolve_model
     from ..request_args import MAX_LOOP_PENALTY
-
-    from ..evaluation.style_classifier import parse_classifiers
 
     corpus_texts = parse_corpus_texts(args.corpus_text)
     style_corpora = parse_named(args.style_corpus, "--style-corpus")
@@ -186,6 +191,8 @@ def run(args) -> int:
                               ("tfidf,minilm" if style_corpora else "none"))
     if kinds and not style_corpora:
         raise ConfigError("--classifiers needs --style-corpus NAME=PATH (the corpus whose held-out part they learn)")
+    if args.classifier_folds < 2:
+        raise ConfigError(f"--classifier-folds must be at least 2, got {args.classifier_folds}")
     for p in args.negative_corpus:
         if not os.path.exists(p):
             raise ConfigError(f"--negative-corpus {p[:80]!r}: file not found")
