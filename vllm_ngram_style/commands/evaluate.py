@@ -3,6 +3,12 @@
 Sweeps style strength and modes (paper, exact, exact+adaptive, best = exact+adaptive+loop guard),
 plus the prompt-only baseline and prompt+best, greedy and top-p sampling, and writes the paper's
 metrics as CSV, JSON, PNG plots and a markdown summary.
+
+Style measured by what the steering never saw (issue 16): with --heldout-pack NAME=PATH (a pack of
+the corpus's held-out part, train --part heldout) every generation also gets its style perplexity
+under that pack; with --style-corpus NAME=PATH, style classifiers (evaluation/style_classifier.py)
+learn the corpus's held-out part against the model's unsteered replies to non-evaluation prompts
+and give every generation a P(style). The in-sample style perplexity stays, labelled as such.
 """
 from __future__ import annotations
 
@@ -50,6 +56,23 @@ def add_arguments(p) -> None:
     p.add_argument("--corpus-text", action="append", default=[], metavar="NAME=PATH",
                    help="also score real passages of corpus NAME's text (the file it was trained on) as the "
                         "frontier's far end (repeatable; with --report-only, add --model and --pack)")
+    p.add_argument("--heldout-pack", action="append", default=[], metavar="NAME=PATH",
+                   help="a pack of the held-out part of style NAME's corpus (train --part heldout; NAME's --pack "
+                        "should be trained --part train): every generation's style perplexity under it too "
+                        "(repeatable)")
+    p.add_argument("--style-corpus", action="append", default=[], metavar="NAME=PATH",
+                   help="the corpus file style NAME's packs were trained on: its held-out part trains the style "
+                        "classifiers (repeatable; with --report-only, classifies an existing run's generations)")
+    p.add_argument("--negative-corpus", action="append", default=[], metavar="PATH",
+                   help="another corpus whose held-out part is a classifier negative (repeatable; the other "
+                        "--style-corpus files are negatives already)")
+    p.add_argument("--classifiers", default=None,
+                   help="style classifiers to train when --style-corpus is given: tfidf, minilm or tfidf,minilm "
+                        "(default), or none")
+    p.add_argument("--negative-prompts", type=int, default=40,
+                   help="how many built-in non-evaluation prompts the model answers unsteered, as classifier "
+                        "negatives (default 40, all; generated only with classifiers)")
+    p.add_argument("--classifier-folds", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--max-num-seqs", type=int, default=256, help="vLLM: sequences decoded together (default 256)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM: skip graph compilation")
     p.add_argument("--no-plots", action="store_true")
@@ -96,6 +119,54 @@ def parse_corpus_texts(specs: list) -> list:
     return out
 
 
+def parse_named(specs: list, flag: str) -> dict:
+    """['NAME=PATH', ...] -> {name: abs path}, each path checked to exist."""
+    from ..corpus import resolve_corpus_path
+    from ..errors import ConfigError
+
+    out = {}
+    for s in specs:
+        name, sep, path = s.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} {s[:80]!r}: expected NAME=PATH (NAME: the evaluated style's name)")
+        path = resolve_corpus_path(path)
+        if not os.path.exists(path):
+            raise ConfigError(f"{flag} {s[:80]!r}: file not found")
+        if name in out:
+            raise ConfigError(f"{flag}: style {name!r} given twice")
+        out[name] = os.path.abspath(path)
+    return out
+
+
+def check_heldout_packs(heldout: dict, named: list, log=print) -> None:
+    """A held-out pack must be one (part heldout), for a style that is evaluated; a steering pack
+    that saw its held-out documents makes the held-out figures in-sample, which is said loudly."""
+    from ..corpus_split import pack_part
+    from ..errors import ConfigError
+    from ..pack import load_pack
+
+    packs = {n: p for n, _, p in named}
+    for name, path in heldout.items():
+        if name not in packs:
+            raise ConfigError(f"--heldout-pack {name}=...: no --pack is named {name!r} (names: {', '.join(packs)})")
+        part = pack_part(load_pack(path).corpus)
+        if part != "heldout":
+            raise ConfigError(f"--heldout-pack {name}={os.path.basename(path)}: the pack was trained on part "
+                              f"{part!r}, not the held-out part; train it with --part heldout")
+        if pack_part(packs[name].corpus) != "train":
+            log(f"warning: style {name!r}: the steering pack was trained on part "
+                f"{pack_part(packs[name].corpus)!r}, so it saw the held-out documents; train it with --part train "
+                "for held-out figures that are held out")
+
+
+def _classify(args, result: dict, style_corpora: dict, kinds: tuple) -> None:
+    from ..evaluation.style_classifier import classify_result
+
+    if kinds and style_corpora:
+        classify_result(result, kinds, style_corpora, [os.path.abspath(p) for p in args.negative_corpus],
+                        args.classifier_folds, args.seed, log=print if not args.quiet else (lambda *a: None))
+
+
 def _anchors(args, model_dir, corpus_texts, packs, prompts, n_tokens):
     from ..evaluation.anchor import compute_anchors
 
@@ -109,10 +180,22 @@ def run(args) -> int:
     from ..evaluation.prompts import load_prompts, style_instruction
     from ..evaluation.report import write_report
     from ..evaluation.runner import CorpusSpec, EvalSettings, run_evaluation
+    from ..evaluation.style_classifier import parse_classifiers
     from ..models import resolve_model
     from ..request_args import MAX_LOOP_PENALTY
 
     corpus_texts = parse_corpus_texts(args.corpus_text)
+    style_corpora = parse_named(args.style_corpus, "--style-corpus")
+    heldout_packs = parse_named(args.heldout_pack, "--heldout-pack")
+    kinds = parse_classifiers(args.classifiers if args.classifiers is not None else
+                              ("tfidf,minilm" if style_corpora else "none"))
+    if kinds and not style_corpora:
+        raise ConfigError("--classifiers needs --style-corpus NAME=PATH (the corpus whose held-out part they learn)")
+    if args.classifier_folds < 2:
+        raise ConfigError(f"--classifier-folds must be at least 2, got {args.classifier_folds}")
+    for p in args.negative_corpus:
+        if not os.path.exists(p):
+            raise ConfigError(f"--negative-corpus {p[:80]!r}: file not found")
     if args.report_only:
         from ..evaluation.prompts import Prompt
         from ..evaluation.report import load_result
@@ -128,6 +211,7 @@ def run(args) -> int:
             fresh = _anchors(args, resolve_model(args.model), corpus_texts, packs, prompts,
                              result["meta"]["settings"]["max_tokens"])
             result["anchors"] = [a for a in result["anchors"] if a["corpus"] not in dict(corpus_texts)] + fresh
+        _classify(args, result, style_corpora, kinds)
         for kind, path in write_report(result, args.out, plots=not args.no_plots).items():
             print(f"{kind}: {path}")
         return 0
@@ -141,11 +225,20 @@ def run(args) -> int:
         if name not in {n for n, _, _ in named}:
             raise ConfigError(f"--corpus-text {name}={path}: no --pack is named {name!r}")
         read_text(path)
+    for name in style_corpora:
+        if name not in {n for n, _, _ in named}:
+            raise ConfigError(f"--style-corpus {name}=...: no --pack is named {name!r}")
+    check_heldout_packs(heldout_packs, named)
+    if args.negative_prompts < 0:
+        raise ConfigError(f"--negative-prompts must be at least 0, got {args.negative_prompts}")
+    if kinds and args.negative_prompts == 0:
+        raise ConfigError("the style classifiers need the model's replies to non-evaluation prompts: "
+                          "--negative-prompts must be at least 1")
     corpora = []
     for name, path, pack in named:
         stem = os.path.splitext((pack.corpus.get("files") or [name])[0])[0]
         instruction = args.instruction or style_instruction(stem if stem else name, args.prompts)
-        corpora.append(CorpusSpec(name, path, instruction))
+        corpora.append(CorpusSpec(name, path, instruction, heldout_packs.get(name)))
     prompts = load_prompts(args.prompts, args.num_prompts, args.per_category)
     if args.max_tokens < 1:
         raise ConfigError("--max-tokens must be at least 1")
@@ -171,13 +264,14 @@ def run(args) -> int:
                             loop_guard=args.loop_guard, loop_penalty=args.loop_penalty, js_prompts=args.js_prompts,
                             js_decodings=tuple(args.js_decodings or args.decodings),
                             sample_families=tuple(args.sample_families) if args.sample_families else None,
-                            family_lambdas=family_lambdas)
+                            family_lambdas=family_lambdas, negative_prompts=args.negative_prompts if kinds else 0)
     result = run_evaluation(model_dir, corpora, prompts, settings, backend=args.backend, progress=not args.quiet,
                             enforce_eager=args.enforce_eager, max_num_seqs=args.max_num_seqs,
                             on_corpus_done=lambda partial: write_report(partial, args.out, plots=False))
     if corpus_texts:
         result["anchors"] = _anchors(args, model_dir, corpus_texts, {n: p for n, _, p in named}, prompts,
                                      args.max_tokens)
+    _classify(args, result, style_corpora, kinds)
     paths = write_report(result, args.out, plots=not args.no_plots)
     for kind, path in paths.items():
         print(f"{kind}: {path}")

@@ -4,22 +4,26 @@ The goal (aggregate.GOAL) asks for a >= 50% style-perplexity cut at <= +10% base
 <= +0.05 repetition. Plotting every configuration as (base ppl / unsteered, style ppl /
 unsteered) shows at a glance whether any strength of any family enters that box, and how far the
 corpus's own text (evaluation.anchor) lies from it: the frontier's far end.
+
+The style axis is ``style``: heldout_style_ppl (a pack of held-out documents) when the run has it,
+else the in-sample style_ppl; the anchor (real corpus text, scored in-sample) is shown only on the
+in-sample frontier, where its style perplexity is on the same footing.
 """
 from __future__ import annotations
 
 import math
 
-from .aggregate import FAMILY_STYLE, GOAL, family_curve
+from .aggregate import FAMILY_STYLE, GOAL, STYLE_LABELS, family_curve
 
 FRONTIER_FAMILIES = ("prompt", *FAMILY_STYLE)
 
 
-def _ratios(row: dict, base: dict, stat: str):
-    return (row[f"base_ppl_{stat}"] / base[f"base_ppl_{stat}"], row[f"style_ppl_{stat}"] / base[f"style_ppl_{stat}"],
+def _ratios(row: dict, base: dict, stat: str, style: str = "style_ppl"):
+    return (row[f"base_ppl_{stat}"] / base[f"base_ppl_{stat}"], row[f"{style}_{stat}"] / base[f"{style}_{stat}"],
             row[f"rep4_{stat}"] - base[f"rep4_{stat}"])
 
 
-def frontier_rows(rows: list, stat: str = "median") -> list:
+def frontier_rows(rows: list, stat: str = "median", style: str = "style_ppl") -> list:
     """Per corpus, decoding and family: the largest style cut whose base-ppl rise and rep4 rise
     are within the goal's budget, and the smallest base-ppl rise among points that halve style
     perplexity (with rep4 within budget). Ratios are against the unsteered row of that decoding."""
@@ -35,7 +39,7 @@ def frontier_rows(rows: list, stat: str = "median") -> list:
                     continue
                 within, halving = [], []
                 for r in pts:
-                    b, s, rep = _ratios(r, base[0], stat)
+                    b, s, rep = _ratios(r, base[0], stat, style)
                     if not (math.isfinite(b) and math.isfinite(s)):
                         continue
                     rep_ok = not math.isfinite(rep) or rep <= GOAL["rep4_abs"] + 1e-12
@@ -70,23 +74,24 @@ def _pct(x):
     return "-" if x is None else f"{x:+.0%}"
 
 
-def markdown_section(rows: list, anchors: dict) -> list:
-    """Lines of the summary's frontier section."""
-    lines = ["## Frontier: what the goal's budget buys", "",
-             f"Per family: the largest style-perplexity cut among its strengths that keep base perplexity within "
+def markdown_section(rows: list, anchors: dict, style: str = "style_ppl", plot: str = "frontier.png") -> list:
+    """Lines of the summary's frontier section, on the style measure ``style``."""
+    label = STYLE_LABELS.get(style, style)
+    lines = [f"## Frontier ({label}): what the goal's budget buys", "",
+             f"Style measure: {label}. Per family: the largest style-perplexity cut among its strengths that keep base perplexity within "
              f"+{GOAL['base_rel']:.0%} and rep4 within +{GOAL['rep4_abs']} of unsteered, and the smallest base-perplexity "
              f"rise among strengths that cut style perplexity by >= {GOAL['style_cut']:.0%} (rep4 within budget). "
-             "The goal needs both in one family, over a range of strengths. Plot: frontier.png.", "",
+             f"The goal needs both in one family, over a range of strengths. Plot: {plot}.", "",
              "| corpus | decoding | family | largest style cut within budget (lambda) | "
              "smallest base-ppl rise that halves style ppl (lambda) |", "|---|---|---|---|---|"]
-    for f in frontier_rows(rows):
+    for f in frontier_rows(rows, style=style):
         cut = "none" if f["max_style_cut_in_budget"] is None else \
             f"{-f['max_style_cut_in_budget']:+.0%} ({f['at_lambda']:g})"
         rise = "never" if f["min_base_rise_halving"] is None else \
             f"{_pct(f['min_base_rise_halving'])} ({f['halving_lambda']:g})"
         lines.append(f"| {f['corpus']} | {f['decoding']} | {f['family']} | {cut} | {rise} |")
     lines.append("")
-    if anchors:
+    if anchors and style == "style_ppl":
         lines += ["Corpus text as the far end of the frontier (real passages, scored like generations as replies to "
                   "the prompts; style perplexity is in-sample, hence optimistic):", "",
                   "| corpus | decoding | passages | style ppl (vs unsteered) | base ppl (vs unsteered) | rep4 |",
@@ -99,7 +104,7 @@ def markdown_section(rows: list, anchors: dict) -> list:
     return lines
 
 
-def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") -> None:
+def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median", style: str = "style_ppl") -> None:
     """One panel per corpus and decoding: style ratio vs base ratio, a line per family in lambda
     order, a cross on points whose repetition is over the goal's budget, the goal's box shaded,
     the corpus text as a star (or an edge marker when far off scale)."""
@@ -116,7 +121,8 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
     corpora = sorted({c for c, _ in keys})
     decs = sorted({d for _, d in keys})
     fig, axes = plt.subplots(len(corpora), len(decs), figsize=(5.2 * len(decs), 4.2 * len(corpora)), squeeze=False)
-    anchor_by = {(a["corpus"], a["decoding"]): a for a in anchor_ratios(rows, anchors or {})}
+    anchor_by = {(a["corpus"], a["decoding"]): a for a in anchor_ratios(rows, anchors or {})} \
+        if style == "style_ppl" else {}
     for i, corpus in enumerate(corpora):
         for j, dec in enumerate(decs):
             ax = axes[i][j]
@@ -130,7 +136,7 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
                 curve = family_curve(rows, corpus, dec, fam)
                 if len(curve) < 2:
                     continue
-                pts = [_ratios(r, base[0], stat) for r in curve]
+                pts = [_ratios(r, base[0], stat, style) for r in curve]
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 ax.plot(xs, ys, ls, color=color, marker="o", ms=3, label=fam)
                 loops = [(x, y) for x, y, rep in pts if math.isfinite(rep) and rep > GOAL["rep4_abs"] + 1e-12]
@@ -146,7 +152,7 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
                 ys_all += ys
             for r in rows:
                 if r["corpus"] == corpus and r["decoding"] == dec and r["family"] == "prompt":
-                    x, y, rep = _ratios(r, base[0], stat)
+                    x, y, rep = _ratios(r, base[0], stat, style)
                     ax.plot([x], [y], "s", color="gray", label="prompt only")
                     if math.isfinite(rep) and rep > GOAL["rep4_abs"] + 1e-12:
                         ax.plot([x], [y], "x", color="black", ms=6, mew=0.8)
@@ -177,7 +183,7 @@ def plot_frontier(rows: list, anchors: dict, path: str, stat: str = "median") ->
             ax.axvline(1.0, color="gray", lw=0.6)
             ax.axhline(1.0, color="gray", lw=0.6)
             ax.set_xlabel("base-model perplexity / unsteered")
-            ax.set_ylabel("style perplexity / unsteered")
+            ax.set_ylabel(f"{STYLE_LABELS.get(style, style)} / unsteered")
             ax.set_title(f"{corpus}, {dec} (per-prompt {stat}s)", fontsize=9)
             ax.grid(alpha=0.3, which="both")
             if i == 0 and j == 0:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 DATA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "eval_prompts.json")
+# Prompts that are NOT evaluation prompts: the model's unsteered replies to them are the style
+# classifiers' negative examples, so that no evaluated generation is a training example.
+NEGATIVE_PROMPTS_FILE = os.path.join(os.path.dirname(DATA_FILE), "classifier_prompts.json")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,16 @@ def load_prompts(path: str | None = None, limit: int | None = None, per_category
         by_cat = {c: [p for p in kept if p.category == c] for c in cats}
         prompts = [by_cat[c][i] for i in range(per_category) for c in cats if i < len(by_cat[c])]
     return prompts[:limit] if limit is not None else prompts
+
+
+def load_negative_prompts(limit: int | None = None) -> list:
+    """The built-in non-evaluation prompts (40; categories interleaved, so a limit stays balanced)."""
+    prompts = load_prompts(NEGATIVE_PROMPTS_FILE)
+    cats = list(dict.fromkeys(p.category for p in prompts))
+    by_cat = {c: [p for p in prompts if p.category == c] for c in cats}
+    longest = max(len(v) for v in by_cat.values())
+    mixed = [by_cat[c][i] for i in range(longest) for c in cats if i < len(by_cat[c])]
+    return mixed[:limit] if limit is not None else mixed
 
 
 def style_instruction(corpus_name: str, path: str | None = None) -> str:

