@@ -39,10 +39,12 @@ import numpy as np
 from vllm_ngram_style.errors import StylePackError
 from vllm_ngram_style.contract import CompiledStyle
 
+from .table_groups import LAST_FLAG, canonical_group, has_duplicate_rows
+
 # Golden-ratio and splitmix64 multipliers as signed int64 (wrapping arithmetic).
 MULT_A = -7046029254386353131  # 0x9E3779B97F4A7C15
 MULT_B = -4658895280553007687  # 0xBF58476D1CE4E5B9
-LAST_FLAG = 1 << 31  # on an entry's token field: this is the final entry of its context
+# LAST_FLAG (1 << 31, defined with the groups): on an entry's token field, the final entry of its context
 
 # Header indices.
 H_NUM_ENTRIES = 0  # E
@@ -123,16 +125,6 @@ def home_slot(h: np.ndarray, home_range: int) -> np.ndarray:
     return (((h >> 32) & 0xFFFFFFFF) * np.int64(home_range)) >> 32
 
 
-def _has_duplicate_rows(keys: np.ndarray) -> bool:
-    """Whether two rows of keys [C, W] are equal. lexsort releases the GIL while it sorts;
-    np.unique(axis=0) holds it throughout (hundreds of ms at 600k keys), stalling the decoding thread
-    while a live style update builds its tables."""
-    if keys.shape[0] < 2:
-        return False
-    s = keys[np.lexsort(keys.T[::-1])]  # [C, W] rows in lexicographic order
-    return bool(np.any(np.all(s[1:] == s[:-1], axis=1)))
-
-
 def _place(home: np.ndarray) -> np.ndarray:
     """Linear probing without wrap, keys inserted in home order: slot_i = max(home_i, slot_{i-1} + 1).
 
@@ -140,61 +132,6 @@ def _place(home: np.ndarray) -> np.ndarray:
     """
     idx = np.arange(home.shape[0], dtype=np.int64)
     return np.maximum.accumulate(home - idx) + idx
-
-
-@dataclass
-class _Group:
-    """Canonical contexts of one (variant, order): unique contexts with >= 1 entry, unique sorted tokens."""
-
-    variant: int
-    order: int
-    ctx: np.ndarray  # [C, n-1] int64, oldest token first
-    offsets: np.ndarray  # [C+1] int64
-    tokens: np.ndarray  # [E] int64
-    deltas: np.ndarray  # [E] float32
-
-
-def _canonical(vid: int, style: CompiledStyle, n: int) -> _Group:
-    o = style.orders[n - 1]
-    where = f"variant {vid} ({style.name!r}, mode {style.mode!r}) order {n}"
-    if o.order != n:
-        raise StylePackError(f"{where}: orders[{n - 1}] holds order {o.order}")
-    m = n - 1
-    ctx = np.asarray(o.context_tokens, dtype=np.int64)
-    offsets = np.asarray(o.offsets, dtype=np.int64)
-    tokens = np.asarray(o.tokens, dtype=np.int64)
-    deltas = np.asarray(o.deltas, dtype=np.float64)
-    c = offsets.shape[0] - 1
-    if c < 0 or ctx.size != c * m:
-        raise StylePackError(f"{where}: {ctx.shape} context tokens do not match {offsets.shape[0]} offsets")
-    ctx = ctx.reshape(c, m)
-    e = tokens.shape[0]
-    if (c and (offsets[0] != 0 or offsets[-1] != e or np.any(np.diff(offsets) < 0))) or deltas.shape != (e,):
-        raise StylePackError(f"{where}: offsets / entry arrays are inconsistent")
-    if e and (tokens.min() < 0 or tokens.max() >= LAST_FLAG):
-        raise StylePackError(f"{where}: entry token id outside [0, 2^31)")
-    if ctx.size and (ctx.min() < 0 or ctx.max() >= LAST_FLAG):
-        raise StylePackError(f"{where}: context token id outside [0, 2^31)")
-    if not np.all(np.isfinite(deltas)) or not np.all(np.isfinite(deltas.astype(np.float32))):
-        raise StylePackError(f"{where}: a delta is not finite in float32")
-    if e == 0:
-        return _Group(vid, n, np.zeros((0, m), np.int64), np.zeros(1, np.int64), tokens, np.zeros(0, np.float32))
-    cid = np.repeat(np.arange(c, dtype=np.int64), np.diff(offsets))  # [E]
-    order = np.lexsort((tokens, cid))
-    cid, tokens, deltas = cid[order], tokens[order], deltas[order]
-    # Duplicate (context, token) pairs add up, as the reference's accumulating index_put_ does.
-    new = np.ones(e, dtype=bool)
-    new[1:] = (cid[1:] != cid[:-1]) | (tokens[1:] != tokens[:-1])
-    first = np.flatnonzero(new)
-    deltas = np.add.reduceat(deltas, first)
-    cid, tokens = cid[first], tokens[first]
-    # cid is sorted: the contexts that kept entries and their entry counts, without np.unique (which
-    # holds the GIL for its whole sort: a live style build would stall the decoding thread). Contexts
-    # without entries contribute nothing: dropped.
-    starts = np.flatnonzero(np.concatenate([[True], cid[1:] != cid[:-1]]))  # [C'] first entry per kept context
-    kept = cid[starts]
-    offsets = np.concatenate([starts, [cid.shape[0]]]).astype(np.int64)
-    return _Group(vid, n, ctx[kept], offsets, tokens, deltas.astype(np.float32))
 
 
 @dataclass
@@ -258,7 +195,7 @@ def build_tables(variants: list[CompiledStyle], device=None, load_factor: float 
         raise ValueError(f"probe must be a power of two, got {probe}")
     nv = len(variants)
     max_order = max([v.max_order for v in variants], default=1)
-    groups = {n: [_canonical(vid, s, n) for vid, s in enumerate(variants) if s.max_order >= n]
+    groups = {n: [canonical_group(vid, s, n) for vid, s in enumerate(variants) if s.max_order >= n]
               for n in range(1, max_order + 1)}
     for g in groups[1]:
         if g.ctx.shape[0] > 1:
@@ -303,7 +240,7 @@ def build_tables(variants: list[CompiledStyle], device=None, load_factor: float 
             continue  # home range 0: the kernel never probes this order
         keys = np.concatenate([layout.pack(np.full(g.ctx.shape[0], g.variant), g.ctx) for g in gs])  # [C, W]
         starts = np.concatenate([bases[(n, g.variant)] + g.offsets[:-1] for g in gs])  # [C]
-        if _has_duplicate_rows(keys):
+        if has_duplicate_rows(keys):
             raise StylePackError(f"order {n}: a variant lists the same context twice")
         home_range = max(1, int(np.ceil(c_total / load_factor)))
         if max_home_range is not None:

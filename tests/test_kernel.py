@@ -365,7 +365,7 @@ def test_benchmark_cpu_smoke():
 def test_duplicate_context_check_matches_numpy_unique():
     """The GIL-friendly duplicate check (lexsort) against np.unique(axis=0), on random keys with and
     without repeated rows, one and two words wide."""
-    from vllm_ngram_style.kernels.gpu_tables import _has_duplicate_rows
+    from vllm_ngram_style.kernels.table_groups import has_duplicate_rows as _has_duplicate_rows
 
     rng = np.random.default_rng(7)
     for w in (1, 2, 3):
