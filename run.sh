@@ -52,7 +52,7 @@ case "${1:-}" in
     # generate's defaults are the evaluated best (sampling, seed 0, adaptive, loop guard 4, penalty 3);
     # GREEDY=1 for greedy decoding
     "$VENV/bin/vllm-ngram-style" generate --model "$MODEL" --style quixote=packs/quixote.stylepack \
-      --score quixote=packs/quixote-heldout.stylepack --strength "${STRENGTH:-0.6}" \
+      --score quixote=packs/quixote-heldout.stylepack --strength "${STRENGTH:-1.0}" \
       --max-tokens "${MAX_TOKENS:-64}" ${GREEDY:+--greedy} ;;
   *) echo "usage: bash run.sh demo|test|setup" >&2; exit 2 ;;
 esac

@@ -30,7 +30,7 @@ DEFAULT_PROMPTS = (
     "The history of the printing press begins",
     "To set up the new system, the first step is",
 )
-DEMO_STRENGTH = 0.6  # inside the range where sampling met every budget on Don Quixote (0.3-1.0, penalty 3)
+DEMO_STRENGTH = 1.0  # the held-out evaluation (docs/results.md) meets its style goal at 1.0 on all three corpora
 BEST_GUARD, BEST_PENALTY = 4, 3.0  # best mode as evaluated (docs/results.md)
 
 
