@@ -105,19 +105,29 @@ def test_add_replace_remove_while_requests_run(tiny_tokenizer_dir, setup, caplog
     assert torch.equal(_edit(proc, 2, z), beta_edit)
     assert any("@" in v.name for v in proc.core.variants)  # the old alpha tables, retired
 
-    # remove beta: new requests get a 400 from validation; a just-validated one still resolves
+    # remove beta: new requests get a 400 from the HTTP middleware; one it let through just before the
+    # removal was published passes vLLM's validate_params after it (beta is draining) and still resolves
     _write(user, {"alpha": packs["beta"]})
     assert live.poll_once()
     proc.update_state(None)
     assert config_for_validation().names == ["alpha"]
     from vllm_ngram_style.errors import RequestError
-    from vllm_ngram_style.validation import validate_sampling_params
+    from vllm_ngram_style.middleware import _check
+    from vllm_ngram_style.validation import draining_names, validate_sampling_params
 
     class _P:
         extra_args = {"style": "beta"}
 
-    with pytest.raises(RequestError, match="unknown style 'beta'"):
-        validate_sampling_params(_P())
+    body = json.dumps({"model": "m", "prompt": "x", "vllm_xargs": {"style": "beta"}}).encode()
+    refused = _check(body, ("vllm_xargs",), config_for_validation)
+    assert refused is not None and "unknown style 'beta'" in refused[0]
+    assert draining_names() == ["beta"] and validate_sampling_params(_P()).components[0][0] == "beta"
+
+    class _Q:
+        extra_args = {"style": "gamma"}
+
+    with pytest.raises(RequestError, match="unknown style 'gamma'"):  # never configured: refused everywhere
+        validate_sampling_params(_Q())
     _add(proc, 3, {"style": "beta", "style_strength": 1.0}, prompt, [8, 9])  # validated before the removal
     assert torch.equal(_edit(proc, 3, z), beta_edit)
     assert torch.equal(_edit(proc, 0, z), before)

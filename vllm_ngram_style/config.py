@@ -30,6 +30,10 @@ from .errors import ConfigError
 from .settings import env_name, getenv
 
 SECTION = "ngram_style"
+# Top-level key of a resolved configuration file (written by live.write_resolved): {style name: wall-clock
+# time (s) until which the engine still serves that just-removed style}. Not part of the section:
+# read_config ignores it; only validate_params reads it (validation.draining_names).
+DRAINING_KEY = "draining"
 ENV_CONFIG = env_name("CONFIG")  # NGRAM_STYLE_CONFIG (settings.py)
 DEFAULT_MODES = ("exact", "paper")
 _SECTION_KEYS = ("styles", "modes", "config_file")

@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Mapping
 
-from .config import SECTION, StyleConfig, read_config
+from .config import DRAINING_KEY, SECTION, StyleConfig, read_config
 from .errors import NgramStyleError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Swap:
     remap: list  # [old variant id] -> new variant id (-1: gone; never referenced by a running request)
     public: StyleConfig  # what new requests may name (published to the API process)
     summary: str
+    draining: dict = dataclasses.field(default_factory=dict)  # removed name -> monotonic end of its grace
 
 
 def live_spec(config_path: str | None) -> tuple[Mapping | None, str | None]:
@@ -72,11 +73,17 @@ def live_spec(config_path: str | None) -> tuple[Mapping | None, str | None]:
     return (spec, config_path) if isinstance(spec, Mapping) else (None, None)
 
 
-def write_resolved(path: str, cfg: StyleConfig, spec: Mapping | None) -> None:
-    """Write a resolved configuration file atomically (a reader never sees half a file)."""
+def write_resolved(path: str, cfg: StyleConfig, spec: Mapping | None, draining: Mapping | None = None) -> None:
+    """Write a resolved configuration file atomically (a reader never sees half a file). draining:
+    {removed style name: wall-clock end of its grace time}. The HTTP middleware refuses those names
+    (new requests get 400), but validate_params accepts them: a request the middleware let through
+    just before the removal was published is validated again by vLLM moments later, and must not
+    fail inside its stream (the engine still serves the name from retired tables)."""
     data = {SECTION: {"styles": cfg.styles, "modes": list(cfg.modes)}}
     if spec is not None:
         data[LIVE_KEY] = dict(spec)
+    if draining:
+        data[DRAINING_KEY] = {n: round(float(t), 3) for n, t in sorted(draining.items())}
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -158,7 +165,9 @@ class LiveStyles:
         self.public = swap.public
         self.updates += 1
         try:
-            write_resolved(self.publish_path, swap.public, self.spec)  # the API process validates against this
+            now_wall, now = time.time(), time.monotonic()
+            draining = {n: now_wall + (end - now) for n, end in swap.draining.items() if end > now}
+            write_resolved(self.publish_path, swap.public, self.spec, draining)  # the API process validates against this
         except OSError as exc:
             logger.error("vllm-ngram-style: could not publish the style update to %s: %s", self.publish_path, exc)
         logger.info("vllm-ngram-style: %s", swap.summary)
@@ -293,4 +302,5 @@ class LiveStyles:
         summary = ("styles updated: " + "; ".join(parts) if parts else "retired style tables dropped") + \
             f"; now serving: {', '.join(public.names)}" + \
             (f" (running or just-validated requests keep {kept} retired style table(s))" if kept else "")
-        return Swap(core, engine_cfg, remap, public, summary)
+        draining = {n: t + GRACE_S for n, (_, t) in self._removed.items()}  # monotonic ends of the grace times
+        return Swap(core, engine_cfg, remap, public, summary, draining)

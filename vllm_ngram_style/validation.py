@@ -8,22 +8,23 @@ so the configuration is found, in this order:
    vLLM InputProcessor that is calling us (``config_of_calling_input_processor``; a test reads
    vLLM's source and fails when the attribute it relies on moves);
 3. the configuration of a processor built in this process (an in-process engine).
-Import-light: json, os and sys only (no torch, no packs).
+Import-light: json, os, sys and time only (no torch, no packs).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 from typing import Mapping
 
-from .config import ENV_CONFIG, SECTION, StyleConfig, read_config
+from .config import DRAINING_KEY, ENV_CONFIG, SECTION, StyleConfig, read_config
 from .errors import RequestError
 from .settings import getenv
 from .request_args import StyleRequest, is_style_key, parse_request_args
 
 _active: list[StyleConfig] = []  # configurations of processors built in this process
-_cache: dict[str, StyleConfig | None] = {}
+_cache: dict[str, object] = {}  # StyleConfig | None per configuration; {name: until} per draining list
 
 
 def register_active(cfg: StyleConfig) -> None:
@@ -68,6 +69,29 @@ def config_for_validation() -> StyleConfig | None:
     return _cache[key]
 
 
+def draining_names() -> list[str]:
+    """Styles just removed by a live update that the engine still serves (their grace time, from the
+    resolved file's DRAINING_KEY entry; live.write_resolved). Empty without a configuration file."""
+    env_path = getenv("CONFIG")
+    if not env_path:
+        return []
+    try:
+        stamp = os.stat(env_path).st_mtime_ns
+    except OSError:
+        return []
+    key = f"draining|{env_path}|{stamp}"
+    if key not in _cache:
+        try:
+            with open(env_path, encoding="utf-8") as f:
+                data = json.load(f)
+            entry = data.get(DRAINING_KEY) if isinstance(data, Mapping) else None
+            _cache[key] = {str(n): float(t) for n, t in entry.items()} if isinstance(entry, Mapping) else {}
+        except (OSError, ValueError, TypeError):
+            _cache[key] = {}
+    now = time.time()
+    return sorted(n for n, until in _cache[key].items() if until > now)
+
+
 def validate_sampling_params(params) -> StyleRequest | None:
     """validate_params of the processor classes. -> StyleRequest or None (unsteered). Raises RequestError."""
     extra = getattr(params, "extra_args", None)
@@ -77,4 +101,8 @@ def validate_sampling_params(params) -> StyleRequest | None:
     if cfg is None:
         raise RequestError("style steering is not configured on this server (no styles); the operator "
                            f"must configure {SECTION} styles")
-    return parse_request_args(extra, cfg.names, cfg.modes)
+    names = cfg.names
+    draining = draining_names()  # see live.write_resolved: the middleware already refused new requests for these
+    if draining:
+        names = sorted(set(names) | set(draining))
+    return parse_request_args(extra, names, cfg.modes)
