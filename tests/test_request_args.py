@@ -1,5 +1,6 @@
 """Per-request style arguments and the server configuration: every bad input has its own clear error."""
 import json
+import re
 import subprocess
 import sys
 
@@ -325,3 +326,26 @@ def test_blend_penalty_scales_with_the_whole_blend():
     req = parse_request_args({"style": "austen:0.5,news:0.2", "style_loop_guard": 3, "style_loop_penalty": 2.0},
                              BLEND_STYLES)
     assert req.guard_penalty_nats == pytest.approx(0.7 * 2.0)
+
+
+def test_engine_parse_cache_matches_the_parser():
+    """engine._parse_cached (memoised parse_request_args) gives what the parser gives, keeps 1, 1.0 and
+    True apart, never caches an error, and parses list values (unhashable) without the cache."""
+    from vllm_ngram_style.engine import _PARSED, _parse_cached
+    from vllm_ngram_style.errors import RequestError
+    from vllm_ngram_style.request_args import parse_request_args
+
+    names, modes = ["a", "b"], ("exact", "paper")
+    cases = [{"style": "a", "style_strength": 1}, {"style": "a", "style_strength": 1.0},
+             {"style": "a", "style_strength": True}, {"style": "a:0.5,b:0.2"},
+             {"style": ["a", "b"], "style_strength": [0.5, 0.2]}, {"style": "c"}, {"style": "a", "style_mode": "paper"}]
+    for _ in range(2):  # the second pass reads the cache
+        for extra in cases:
+            try:
+                want = parse_request_args(extra, names, modes)
+            except RequestError as exc:
+                with pytest.raises(RequestError, match=re.escape(str(exc))):
+                    _parse_cached(extra, names, modes)
+            else:
+                assert _parse_cached(extra, names, modes) == want
+    assert not any(isinstance(v, Exception) for v in _PARSED.values())
