@@ -6,13 +6,9 @@
 # $PACKS are trained first (orders 3, top-512, the paper's weights: a few seconds each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
-CORPORA=${CORPORA:-../shared/corpora}
+. benchmarks/_eval_env.sh  # PACKS, CORPORA, the CPU backend environment
 OUT=${OUT:-benchmarks/results/eval_smollm2_full}
-export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} VLLM_HOST_IP=127.0.0.1 \
-       VLLM_NO_USAGE_STATS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 MODEL=$(vllm-ngram-style models get smollm2 | tail -1)
-mkdir -p "$PACKS"
 args=()
 for c in cervantes_don_quixote news_headlines_2017 brown_learned; do
   [ -f "$PACKS/$c.stylepack" ] || vllm-ngram-style train --tokenizer "$MODEL" --corpus "$CORPORA/$c.txt" \

