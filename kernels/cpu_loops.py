@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .cpu_numeric import add_scaled, f32_from_bits, jit
+from .cpu_numeric import add_scaled, f32_from_bits, jit, prefetch_for_write
 from .gpu_tables import (H_ENT_BASE, H_NUM_ENTRIES, H_NUM_VARIANTS, H_TB, H_UNI_BASE, HEADER_WORDS, LAST_FLAG,
                          MULT_A, MULT_B, O_HOME_RANGE, O_PROBE_BLOCKS, O_SEED, O_SLOT_BASE, O_TOTAL_SLOTS, O_WORDS,
                          ORDER_FIELDS)
@@ -81,112 +81,182 @@ def _find(blob, probe, n, v, ages, words):
     return -1
 
 
-@jit()
-def _add_entries(out, row0, width, blob, i, end, s):
-    """Add s x delta for the context whose first entry is blob[i], up to its LAST_FLAG entry."""
+@jit(inline="always")
+def _add_entries(out, row0, width, blob, i, end, s, checked):
+    """Add s x delta for the context whose first entry is blob[i], up to its LAST_FLAG entry. checked:
+    the pack has tokens >= width (a vocabulary wider than the logits), which are skipped."""
     while i < end:
         e = blob[i]
         tok = e & 0x7FFFFFFF
-        if tok < width:  # a pack's vocabulary may be wider than the logits
+        if not checked or tok < width:
             add_scaled(out, row0 + tok, s, f32_from_bits(np.int32(e >> 32)))
         if e & LAST_FLAG:
             return
         i += 1
 
 
-@jit()
-def _active(vs, ss, has_scale, sc, nv):
-    for k in range(vs.shape[0]):
-        s = ss[k] * sc if has_scale else ss[k]
-        if 0 <= vs[k] < nv and s != 0:
+@jit(inline="always")
+def _prefetch_entries(out, row0, width, blob, i, end, checked):
+    """Prefetch the logit lines the context whose first entry is blob[i] will write."""
+    while i < end:
+        e = blob[i]
+        tok = e & 0x7FFFFFFF
+        if not checked or tok < width:
+            prefetch_for_write(out, row0 + tok)
+        if e & LAST_FLAG:
+            return
+        i += 1
+
+
+@jit(inline="always")
+def _active(vs, ss, j, has_scale, sc, nv):
+    for k in range(vs.shape[1]):
+        s = ss[j, k] * sc if has_scale else ss[j, k]
+        if 0 <= vs[j, k] < nv and s != 0:
             return True
     return False
 
 
-@jit()
-def _steer_row(out, row0, width, blob, probe, max_order, vs, ss, has_scale, sc, ages, words):
-    """One row: vs / ss [K] variant ids / strengths, sc its row scale; ages [max_order-1] int64 context."""
+@jit(inline="always")
+def _row_lists(blob, probe, max_order, vs, ss, j, has_scale, sc, ages, words, starts, scales, b):
+    """One row's entry lists in accumulation order (orders ascending, within an order columns
+    ascending: the reference's order): starts[b, q] the blob index of list q's first entry, scales[b, q]
+    its strength; returns the count. vs / ss [J, K] variant ids / strengths, j the row's index into them,
+    sc the row scale, ages [max_order-1] int64 context tokens by age. (Arrays go in whole with an index,
+    never as per-row views: a view costs reference counting, atomic instructions that wait for every
+    pending store, and so would stall the prefetched edit.)"""
     nv = blob[H_NUM_VARIANTS]
     tb = blob[H_TB]
     ent0 = blob[H_ENT_BASE]
-    end = ent0 + blob[H_NUM_ENTRIES]
     good = 0  # orders up to good + 1 have a valid context (a missing or too-wide token is in no key)
     while good < max_order - 1 and ages[good] >= 0 and (ages[good] >> tb) == 0:
         good += 1
+    q = 0
     for n in range(1, good + 2):
-        for k in range(vs.shape[0]):  # within an order, columns in order: the reference's accumulation order
-            v = np.int64(vs[k])
-            s = ss[k] * sc if has_scale else ss[k]
+        for k in range(vs.shape[1]):
+            v = np.int64(vs[j, k])
+            s = ss[j, k] * sc if has_scale else ss[j, k]
             if v < 0 or v >= nv or s == 0:
                 continue
             start = blob[blob[H_UNI_BASE] + v] if n == 1 else _find(blob, probe, n, v, ages, words)
             if start >= 0:
-                _add_entries(out, row0, width, blob, ent0 + start, end, s)
+                starts[b, q] = ent0 + start
+                scales[b, q] = s
+                q += 1
+    return q
+
+
+@jit(inline="always")
+def _prefetch_row(out, row0, width, blob, starts, b, count, checked):
+    end = blob[H_ENT_BASE] + blob[H_NUM_ENTRIES]
+    for q in range(count):
+        _prefetch_entries(out, row0, width, blob, starts[b, q], end, checked)
+
+
+@jit(inline="always")
+def _edit_row(out, row0, width, blob, starts, scales, b, count, checked):
+    end = blob[H_ENT_BASE] + blob[H_NUM_ENTRIES]
+    for q in range(count):
+        _add_entries(out, row0, width, blob, starts[b, q], end, scales[b, q], checked)
 
 
 # ---- the two context sources, over a range of rows -------------------------------------------------
+# Pipelined one row deep: a row's lists are looked up and its logit lines prefetched, then the
+# previous row is edited while those lines arrive. A row touches ~350 cache lines scattered over its
+# V logits, out of cache at large batches (a decoding step's logits were just written, the model's
+# weights streamed through the caches before); one line at a time, the core waits on each miss. With
+# the prefetch, B=256 x V=49152 with logits out of cache costs ~0.8 ms instead of ~1.5 ms here (AMD
+# EPYC; benchmarks/cpu_op_bench.py has the measured table); with logits in cache both are ~0.4 ms.
+
+@jit(inline="always")
+def _scratch(max_order, variant, strength):
+    """Two rows' list buffers: starts [2, max_order * K] int64, scales [2, max_order * K], counts, rows [2]."""
+    most = max_order * variant.shape[1]
+    return (np.empty((2, most), np.int64), np.empty((2, most), strength.dtype), np.zeros(2, np.int64),
+            np.zeros(2, np.int64))
+
 
 @jit()
 def steer_context_rows(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
-                       col0, lo, hi):
+                       col0, checked, lo, hi):
     """Rows [lo, hi): variant / strength [R, K], scale [R] (read when has_scale), context [R, C] int with
-    the max_order-1 context tokens in columns col0.. (oldest first)."""
+    the max_order-1 context tokens in columns col0.. (oldest first); checked: see _add_entries."""
     m = max_order - 1
     nv = blob[H_NUM_VARIANTS]
     ages = np.empty(max(m, 1), np.int64)  # [m] tokens by age
     words = np.empty(max_key_words(blob, max_order), np.int64)
+    starts, scales, counts, rows = _scratch(max_order, variant, strength)
+    pend = -1  # the buffer holding the row prefetched but not yet edited
     for r in range(lo, hi):
         sc = scale[r] if has_scale else scale[0]  # scale: a 1-element dummy when unused
-        if not _active(variant[r], strength[r], has_scale, sc, nv):
+        if not _active(variant, strength, r, has_scale, sc, nv):
             continue
         for a in range(m):
             ages[a] = context[r, col0 + m - 1 - a]
-        _steer_row(out, r * stride, width, blob, probe, max_order, variant[r], strength[r], has_scale, sc, ages,
-                   words)
+        b = 1 if pend == 0 else 0
+        counts[b] = _row_lists(blob, probe, max_order, variant, strength, r, has_scale, sc, ages, words, starts,
+                               scales, b)
+        rows[b] = r
+        _prefetch_row(out, r * stride, width, blob, starts, b, counts[b], checked)
+        if pend >= 0:
+            _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
+        pend = b
+    if pend >= 0:
+        _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
 
 
 @jit()
 def steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
-                       slot_strength, scale, has_scale, lo, hi):
+                       slot_strength, scale, has_scale, checked, lo, hi):
     """Rows [lo, hi) of the history form: row_slot / row_last_pos [R], ids [S, L] token history,
-    slot_variant / slot_strength [S, K], scale [R]."""
+    slot_variant / slot_strength [S, K], scale [R]; checked: see _add_entries."""
     m = max_order - 1
     nv = blob[H_NUM_VARIANTS]
     n_slots, length = ids.shape
     ages = np.empty(max(m, 1), np.int64)
     words = np.empty(max_key_words(blob, max_order), np.int64)
+    starts, scales, counts, rows = _scratch(max_order, slot_variant, slot_strength)
+    pend = -1
     for r in range(lo, hi):
         slot = np.int64(row_slot[r])
         if slot < 0 or slot >= n_slots:
             continue
         sc = scale[r] if has_scale else scale[0]  # scale: a 1-element dummy when unused
-        if not _active(slot_variant[slot], slot_strength[slot], has_scale, sc, nv):
+        if not _active(slot_variant, slot_strength, slot, has_scale, sc, nv):
             continue
         last = np.int64(row_last_pos[r])
         for a in range(m):
             p = last - a
             ages[a] = ids[slot, p] if 0 <= p < length else -1
-        _steer_row(out, r * stride, width, blob, probe, max_order, slot_variant[slot], slot_strength[slot], has_scale,
-                   sc, ages, words)
+        b = 1 if pend == 0 else 0
+        counts[b] = _row_lists(blob, probe, max_order, slot_variant, slot_strength, slot, has_scale, sc, ages, words,
+                               starts, scales, b)
+        rows[b] = r
+        _prefetch_row(out, r * stride, width, blob, starts, b, counts[b], checked)
+        if pend >= 0:
+            _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
+        pend = b
+    if pend >= 0:
+        _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
 
 
 @jit(parallel=True)
 def steer_context_rows_par(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
-                           col0, chunks):
+                           col0, checked, chunks):
     """steer_context_rows over all rows, split into chunks run on numba's threads (rows are independent)."""
     rows = variant.shape[0]
     step = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         steer_context_rows(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
-                           col0, c * step, min(rows, (c + 1) * step))
+                           col0, checked, c * step, min(rows, (c + 1) * step))
 
 
 @jit(parallel=True)
 def steer_history_rows_par(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
-                           slot_strength, scale, has_scale, chunks):
+                           slot_strength, scale, has_scale, checked, chunks):
     rows = row_slot.shape[0]
     step = (rows + chunks - 1) // chunks
     for c in prange(chunks):
         steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
-                           slot_strength, scale, has_scale, c * step, min(rows, (c + 1) * step))
+                           slot_strength, scale, has_scale, checked, c * step, min(rows, (c + 1) * step))
 

@@ -1,5 +1,6 @@
-"""Numeric plumbing of the CPU op's compiled loops (numba): the jit decorator, LLVM bit casts, and
-element access by logits dtype, so that one loop body serves float32, float64, bfloat16 and float16.
+"""Numeric plumbing of the CPU op's compiled loops (numba): the jit decorator, a prefetch hint, LLVM
+bit casts, and element access by logits dtype, so that one loop body serves float32, float64,
+bfloat16 and float16.
 
 numpy and numba have no bfloat16 and numba no float16: those logits arrive as their raw bits (an
 int16 / uint16 view) and are computed in float32, rounded back to nearest-even (bfloat16 by integer
@@ -12,6 +13,7 @@ from llvmlite import ir
 
 from vllm_ngram_style import numba_compat  # noqa: F401  (keeps vLLM's module scan working)
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 
@@ -29,6 +31,23 @@ def jit(**opts):
             return njit(**opts)(fn)
 
     return wrap
+
+
+# ---- software prefetch ----------------------------------------------------------------------------
+
+@intrinsic
+def prefetch_for_write(typingctx, arr, i):
+    """A hint to fetch the cache line of arr[i] for writing (x86 PREFETCHW; a no-op where the target has
+    none). It never faults, so i past the array's end is harmless, and changes no result."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3),
+                                            "llvm.prefetch.p0")
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        builder.call(fn, [ptr] + [ir.Constant(ir.IntType(32), x) for x in (1, 3, 1)])  # write, keep in L1, data
+        return context.get_dummy_value()
+    return types.void(arr, i), codegen
 
 
 # ---- bit casts (LLVM instructions: no libm, vectorisable) ----------------------------------------

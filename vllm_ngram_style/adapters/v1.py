@@ -7,14 +7,18 @@ gathered or scattered: a copy of half a 1024 x 128k batch would cost more than t
 Token history is read in apply(), never cached in update_state(): under async scheduling the
 newest entry is a -1 placeholder until just before apply() (vLLM issue #52461).
 
-Host work per step: the per-row tensors (variant, strength, flags) are rebuilt only when the
-batch changes; the contexts (last max_order-1 tokens) and loop-guard windows are written into
-reused host buffers (pinned when vLLM says pinning works) and copied to the device without
-blocking. On CPU the buffers are the tensors the op reads.
+Host work per step: the per-row fields (variant, strength, flags) live in host arrays written
+row by row as BatchUpdates add, remove and move requests (O(changes) per step, not O(batch):
+under continuous batching some request joins or leaves at most steps); the contexts (last
+max_order-1 tokens) and loop-guard windows are written into reused host buffers (pinned when vLLM
+says pinning works) and copied to the device without blocking. On CPU the arrays and buffers are
+the tensors the op reads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,13 +68,77 @@ class SteeredRow:
         return self.window
 
 
+class RowFields:
+    """The steering fields of every row of the persistent batch as host arrays, and each row's live
+    token lists, written one row at a time (set / clear) as requests join, leave and move. Capacity
+    grows with the highest index seen; K (blend columns) with the widest blend seen."""
+
+    def __init__(self, context_len: int):
+        self.pad = [-1] * context_len  # the context source of a row without a steered request
+        self.sources: list = []  # [C] a steered row's live output list, else pad
+        self.prompts: list = []  # [C] a steered row's prompt list (or None), else None
+        self.variant = np.full((0, 1), -1, np.int64)  # [C, K] variant ids, -1 none
+        self.strength = np.zeros((0, 1), np.float32)  # [C, K]
+        self.adaptive = np.zeros(0, np.bool_)  # [C]
+        self.guard = np.zeros(0, np.int32)  # [C] loop-guard n-gram size, 0 off
+        self.penalty = np.zeros(0, np.float32)  # [C] nats below unsteered for guarded tokens
+
+    @property
+    def capacity(self) -> int:
+        return self.adaptive.shape[0]
+
+    def reserve(self, rows: int, k: int = 1) -> None:
+        """Room for rows [0, rows) and k blend columns; existing values kept, new ones unsteered."""
+        c, k0 = self.variant.shape
+        if rows <= c and k <= k0:
+            return
+        c2, k2 = max(rows, 2 * c), max(k, k0)
+        variant, strength = np.full((c2, k2), -1, np.int64), np.zeros((c2, k2), np.float32)
+        variant[:c, :k0], strength[:c, :k0] = self.variant, self.strength
+        self.variant, self.strength = variant, strength
+        for name in ("adaptive", "guard", "penalty"):
+            old = getattr(self, name)
+            new = np.zeros(c2, old.dtype)
+            new[:c] = old
+            setattr(self, name, new)
+        self.sources += [self.pad] * (c2 - c)
+        self.prompts += [None] * (c2 - c)
+
+    def set(self, i: int, row: SteeredRow) -> None:
+        k = len(row.variants)
+        self.reserve(i + 1, k)
+        req = row.req
+        if self.variant.shape[1] == 1:  # no blend seen: scalar writes (a slice assignment costs ~5x more)
+            self.variant[i, 0] = row.variants[0]
+            self.strength[i, 0] = req.strength
+        else:
+            self.variant[i] = -1
+            self.variant[i, :k] = row.variants
+            self.strength[i] = 0.0
+            self.strength[i, :k] = [w for _, w in req.components]
+        self.adaptive[i] = req.adaptive
+        self.guard[i] = req.loop_guard
+        self.penalty[i] = req.guard_penalty_nats if req.loop_penalty else 0.0
+        self.sources[i], self.prompts[i] = row.output, row.prompt
+
+    def clear(self, i: int) -> None:
+        if i < self.capacity:
+            self.variant[i] = -1
+            self.strength[i] = 0.0
+            self.adaptive[i] = False
+            self.guard[i] = 0
+            self.penalty[i] = 0.0
+            self.sources[i], self.prompts[i] = self.pad, None
+
+
 @dataclass
 class BatchTensors:
-    """Per-row state of the whole persistent batch, rebuilt only when the batch changes."""
+    """Per-row state of the whole persistent batch for apply(), rebuilt only when the batch changes
+    (from RowFields: on CPU views of its arrays, no copies)."""
 
     batch: int  # B, rows of the logits
-    rows: list  # [S] SteeredRow, in row order
-    index: np.ndarray  # [S] int64 batch rows of the steered requests (host)
+    sources: list  # [B] per batch row: a steered row's live output list, else a list of context_len -1s
+    prompts: list  # [B] per batch row: a steered row's prompt list (or None), else None
     variant: torch.Tensor  # [B] int64, or [B, K] for blends of up to K styles; -1 unsteered / no style (device)
     strength: torch.Tensor  # [B] or [B, K] float32 (device)
     adaptive: torch.Tensor | None  # [B] bool, None when no row asks (device)
@@ -79,9 +147,6 @@ class BatchTensors:
     guarded: list  # [G] SteeredRow of the rows with a loop guard, in row order
     guarded_index: np.ndarray  # [G] int64 their batch rows
     penalty: torch.Tensor | None  # [B] float32 nats below unsteered for guarded tokens; None if all 0
-
-
-_NP_DTYPES = {torch.int64: np.int64, torch.int32: np.int32, torch.float32: np.float32, torch.bool: np.bool_}
 
 
 def last_tokens(prompt, output, n: int) -> list:
@@ -105,7 +170,9 @@ class V1StyleProcessor:
         self.device = torch.device(device)
         self._pin = bool(is_pin_memory) and self.device.type == "cuda"
         self.rows: dict[int, SteeredRow] = {}  # persistent-batch index -> steered request
+        self.fields = RowFields(self.core.context_len)  # the same rows' steering fields and lists, by index
         self._tensors: BatchTensors | None = None
+        self._pick = {}  # n -> itemgetter of a list's last n items
         self._host: dict[tuple, torch.Tensor] = {}  # reused host buffers, by (name, ring slot)
         self._ring = 0
 
@@ -118,8 +185,10 @@ class V1StyleProcessor:
         swap = self.live.take()
         if swap is not None:
             self.core, self.cfg = swap.core, swap.cfg
-            for row in self.rows.values():
+            self.fields = RowFields(self.core.context_len)  # the new styles' context length may differ
+            for i, row in self.rows.items():
                 row.variants = tuple(swap.remap[v] if v >= 0 else -1 for v in row.variants)
+                self.fields.set(i, row)
             self._tensors = None
         if self.live.wants_references:
             self.live.report_references({v for r in self.rows.values() for v in r.variants})
@@ -131,9 +200,11 @@ class V1StyleProcessor:
             return
         from vllm.v1.sample.logits_processor import MoveDirectionality
 
+        touched = set(batch_update.removed)
         for index in batch_update.removed:
             self.rows.pop(index, None)
         for index, params, prompt, output in batch_update.added:
+            touched.add(index)
             req = parse_in_engine(params, self.cfg)
             if req is None:
                 self.rows.pop(index, None)
@@ -141,45 +212,40 @@ class V1StyleProcessor:
                 self.rows[index] = SteeredRow(tuple(self.core.variant_id(name, req.mode) for name, _ in req.components),
                                               req, prompt, output)
         for a, b, direction in batch_update.moved:
+            touched.update((a, b))
             ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
             if ra is not None:
                 self.rows[b] = ra
             if rb is not None and direction == MoveDirectionality.SWAP:
                 self.rows[a] = rb
+        for index in touched:  # each changed index takes its final request's fields (or none)
+            row = self.rows.get(index)
+            if row is None:
+                self.fields.clear(index)
+            else:
+                self.fields.set(index, row)
         self._tensors = None
 
     def _batch_tensors(self, batch: int) -> BatchTensors:
         if self._tensors is None or self._tensors.batch != batch:
-            idx = sorted(self.rows)
-            rows = [self.rows[i] for i in idx]
-            sizes = sorted({r.req.loop_guard for r in rows if r.req.loop_guard})
-            index = np.array(idx, dtype=np.int64)  # [S]
-            k = max(len(r.variants) for r in rows)  # blend columns: 1 unless a request blends styles
+            f = self.fields
+            f.reserve(batch)
+            guard = f.guard[:batch]  # [B]
+            guarded_index = np.flatnonzero(guard).astype(np.int64)  # [G]
+            wide = f.variant.shape[1] > 1  # blends seen: [B, K] columns, else [B]
 
-            def full(values, fill, dtype, width=None):  # [B] (or [B, width]) with the steered rows' values
-                # built in numpy: a handful of torch ops per field cost more than the rest of a small step
-                np_dtype = _NP_DTYPES[dtype]
-                out = np.full((batch,) if width is None else (batch, width), fill, dtype=np_dtype)
-                out[index] = np.asarray(values, dtype=np_dtype)
-                return torch.from_numpy(out).to(self.device)
-
-            def columns(values, fill):  # per row, one value per blend component, padded to k
-                return [list(v) + [fill] * (k - len(v)) for v in values]
+            def view(a):  # [B] (or [B, K]) rows of a field; on CPU the array itself, no copy
+                return self._to_device(torch.from_numpy(a[:batch] if a.ndim == 1 or wide else a[:batch, 0]))
 
             self._tensors = BatchTensors(
-                batch, rows, index,
-                variant=full([r.variants[0] for r in rows], -1, torch.int64) if k == 1 else
-                full(columns([r.variants for r in rows], -1), -1, torch.int64, k),
-                strength=full([r.req.strength for r in rows], 0.0, torch.float32) if k == 1 else
-                full(columns([[w for _, w in r.req.components] for r in rows], 0.0), 0.0, torch.float32, k),
-                adaptive=full([r.req.adaptive for r in rows], False, torch.bool)
-                if any(r.req.adaptive for r in rows) else None,
-                guard=full([r.req.loop_guard for r in rows], 0, torch.int32) if sizes else None,
-                guard_sizes=sizes,
-                guarded=[r for r in rows if r.req.loop_guard],
-                guarded_index=np.array([i for i, r in zip(idx, rows) if r.req.loop_guard], dtype=np.int64),
-                penalty=full([r.req.guard_penalty_nats for r in rows], 0.0, torch.float32)
-                if any(r.req.loop_penalty for r in rows) else None)
+                batch, f.sources[:batch], f.prompts[:batch],
+                variant=view(f.variant), strength=view(f.strength),
+                adaptive=view(f.adaptive) if f.adaptive[:batch].any() else None,
+                guard=view(f.guard) if guarded_index.size else None,
+                guard_sizes=sorted(set(guard[guarded_index].tolist())),
+                guarded=list(map(self.rows.__getitem__, guarded_index.tolist())),
+                guarded_index=guarded_index,
+                penalty=view(f.penalty) if f.penalty[:batch].any() else None)
         return self._tensors
 
     def _buffer(self, name: str, shape: tuple) -> torch.Tensor:
@@ -203,16 +269,7 @@ class V1StyleProcessor:
             self._ring = (self._ring + 1) % _RING
         n = self.core.context_len
         # Read the history now: the live lists are complete (placeholders patched) only here.
-        context = self._buffer("context", (t.batch, n))  # [B, max_order-1]
-        context.fill_(-1)
-        if n:
-            # numpy builds the [S, n] block from Python ints several times faster than torch.tensor
-            outs = [r.output for r in t.rows]
-            if min(map(len, outs)) >= n:  # the common case: every output already holds n tokens
-                block = np.array([o[-n:] for o in outs], dtype=np.int64)  # [S, n]
-            else:
-                block = np.array([last_tokens(r.prompt, r.output, n) for r in t.rows], dtype=np.int64)
-            context.numpy()[t.index] = block.reshape(len(t.rows), n)
+        context = self._contexts(t, n)  # [B, max_order-1]
         history = None
         if t.guard_sizes:
             # [B, W] recent generated tokens. Only guarded rows are written: the core masks every other
@@ -220,5 +277,30 @@ class V1StyleProcessor:
             history = self._buffer("history", (t.batch, LOOP_GUARD_WINDOW))
             history.numpy()[t.guarded_index] = np.stack([r.recent() for r in t.guarded])
             history = self._to_device(history)
-        return self.core.apply(logits, t.variant, t.strength, self._to_device(context), t.adaptive, t.guard,
-                               t.guard_sizes, history, t.penalty)
+        return self.core.apply(logits, t.variant, t.strength, context, t.adaptive, t.guard, t.guard_sizes, history,
+                               t.penalty)
+
+    def _contexts(self, t: BatchTensors, n: int) -> torch.Tensor:
+        """[B, n] int64: each steered row's last n tokens (prompt + output, -1 padded), -1 rows elsewhere.
+        Built by C-level iteration (map, itemgetter, fromiter) over the live lists straight into the
+        array the op reads: a Python loop, or a fill plus a scatter into a reused buffer, cost more than
+        the op itself at small vocabularies (the tiny model's decode step is ~1 ms)."""
+        srcs = t.sources
+        if n and min(map(len, srcs)) < n:  # a request just started: its context reaches into the prompt
+            lens = np.fromiter(map(len, srcs), np.int64, len(srcs))  # [B]
+            srcs = list(srcs)
+            for i in np.flatnonzero(lens < n).tolist():
+                srcs[i] = last_tokens(t.prompts[i], srcs[i], n)
+        if n:
+            pick = self._pick.get(n)
+            if pick is None:
+                pick = self._pick[n] = itemgetter(*range(-n, 0))  # a list's last n items (one int if n == 1)
+            tokens = chain.from_iterable(map(pick, srcs)) if n > 1 else map(pick, srcs)
+            block = np.fromiter(tokens, np.int64, t.batch * n).reshape(t.batch, n)  # [B, n]
+        else:
+            block = np.empty((t.batch, 0), np.int64)
+        if self.device.type == "cpu":
+            return torch.from_numpy(block)
+        host = self._buffer("context", (t.batch, n))  # pinned when pinning works: the copy does not block
+        host.numpy()[:] = block
+        return self._to_device(host)
