@@ -64,6 +64,9 @@ class SteeringCore:
         guard [R] int (0 = off) and guard_sizes (the distinct nonzero values, known on the host);
         history [R, H] int64: recent generated tokens, right-aligned, -1 padded (guard only);
         guard_penalty [R] float32 nats below the unsteered logit for guarded tokens, or None (0)."""
+        if adaptive is None and not guard_sizes:  # plain steering: straight to the op (a small step's
+            return self.op.apply(logits, variant, strength, context)  # Python adds up at ~1 ms a step)
+
         def edit(row_scale):
             self.op.apply(logits, variant, strength, context, row_scale=row_scale)
 
