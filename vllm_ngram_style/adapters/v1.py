@@ -82,6 +82,27 @@ class RowFields:
         self.adaptive = np.zeros(0, np.bool_)  # [C]
         self.guard = np.zeros(0, np.int32)  # [C] loop-guard n-gram size, 0 off
         self.penalty = np.zeros(0, np.float32)  # [C] nats below unsteered for guarded tokens
+        self.generation = 0  # bumped whenever the arrays above are replaced (views of old ones go stale)
+        # How many rows use each optional feature, kept as rows change: the batch's tensors can tell
+        # whether they still fit without a pass over the rows.
+        self.n_adaptive = self.n_penalty = 0
+        self.guard_counts: dict = {}  # loop-guard n-gram size -> rows using it
+
+    def presence(self) -> tuple:
+        """(any adaptive row, any loop-penalty row, the loop-guard sizes in use): what shapes apply()."""
+        return self.n_adaptive > 0, self.n_penalty > 0, tuple(sorted(self.guard_counts))
+
+    def _forget(self, i: int) -> None:
+        """Take row i's optional features out of the counts (before it is overwritten)."""
+        if self.adaptive[i]:
+            self.n_adaptive -= 1
+        g = int(self.guard[i])
+        if g:
+            self.guard_counts[g] -= 1
+            if not self.guard_counts[g]:
+                del self.guard_counts[g]
+        if self.penalty[i]:
+            self.n_penalty -= 1
 
     @property
     def capacity(self) -> int:
@@ -101,12 +122,14 @@ class RowFields:
             new = np.zeros(c2, old.dtype)
             new[:c] = old
             setattr(self, name, new)
-        self.sources += [self.pad] * (c2 - c)
+        self.sources += [self.pad] * (c2 - c)  # in place: the lists stay the same objects
         self.prompts += [None] * (c2 - c)
+        self.generation += 1
 
     def set(self, i: int, row: SteeredRow) -> None:
         k = len(row.variants)
         self.reserve(i + 1, k)
+        self._forget(i)
         req = row.req
         if self.variant.shape[1] == 1:  # no blend seen: scalar writes (a slice assignment costs ~5x more)
             self.variant[i, 0] = row.variants[0]
@@ -116,13 +139,17 @@ class RowFields:
             self.variant[i, :k] = row.variants
             self.strength[i] = 0.0
             self.strength[i, :k] = [w for _, w in req.components]
-        self.adaptive[i] = req.adaptive
-        self.guard[i] = req.loop_guard
-        self.penalty[i] = req.guard_penalty_nats if req.loop_penalty else 0.0
+        penalty = req.guard_penalty_nats if req.loop_penalty else 0.0
+        self.adaptive[i], self.guard[i], self.penalty[i] = req.adaptive, req.loop_guard, penalty
         self.sources[i], self.prompts[i] = row.output, row.prompt
+        self.n_adaptive += bool(req.adaptive)
+        self.n_penalty += bool(self.penalty[i])
+        if req.loop_guard:
+            self.guard_counts[req.loop_guard] = self.guard_counts.get(req.loop_guard, 0) + 1
 
     def clear(self, i: int) -> None:
         if i < self.capacity:
+            self._forget(i)
             self.variant[i] = -1
             self.strength[i] = 0.0
             self.adaptive[i] = False
@@ -133,12 +160,15 @@ class RowFields:
 
 @dataclass
 class BatchTensors:
-    """Per-row state of the whole persistent batch for apply(), rebuilt only when the batch changes
-    (from RowFields: on CPU views of its arrays, no copies)."""
+    """Per-row state of the whole persistent batch for apply(), from RowFields. On CPU the tensors are
+    views of its arrays, which rows write in place, so they are rebuilt only when their shape changes
+    (batch size, reallocated arrays, an optional feature coming into or out of use); on a device
+    they are copies, rebuilt whenever a row changed."""
 
+    key: tuple  # (batch, RowFields.generation, RowFields.presence()) when built
     batch: int  # B, rows of the logits
-    sources: list  # [B] per batch row: a steered row's live output list, else a list of context_len -1s
-    prompts: list  # [B] per batch row: a steered row's prompt list (or None), else None
+    sources: list  # [>= B] RowFields.sources: per batch row a steered row's live output list, else pad
+    prompts: list  # [>= B] RowFields.prompts: per batch row a steered row's prompt list (or None), else None
     variant: torch.Tensor  # [B] int64, or [B, K] for blends of up to K styles; -1 unsteered / no style (device)
     strength: torch.Tensor  # [B] or [B, K] float32 (device)
     adaptive: torch.Tensor | None  # [B] bool, None when no row asks (device)
@@ -172,6 +202,7 @@ class V1StyleProcessor:
         self.rows: dict[int, SteeredRow] = {}  # persistent-batch index -> steered request
         self.fields = RowFields(self.core.context_len)  # the same rows' steering fields and lists, by index
         self._tensors: BatchTensors | None = None
+        self._dirty = True  # a row changed since self._tensors was built
         self._pick = {}  # n -> itemgetter of a list's last n items
         self._host: dict[tuple, torch.Tensor] = {}  # reused host buffers, by (name, ring slot)
         self._ring = 0
@@ -200,6 +231,7 @@ class V1StyleProcessor:
             return
         from vllm.v1.sample.logits_processor import MoveDirectionality
 
+        self._dirty = True
         touched = set(batch_update.removed)
         for index in batch_update.removed:
             self.rows.pop(index, None)
@@ -224,29 +256,38 @@ class V1StyleProcessor:
                 self.fields.clear(index)
             else:
                 self.fields.set(index, row)
-        self._tensors = None
 
     def _batch_tensors(self, batch: int) -> BatchTensors:
-        if self._tensors is None or self._tensors.batch != batch:
-            f = self.fields
-            f.reserve(batch)
-            guard = f.guard[:batch]  # [B]
-            guarded_index = np.flatnonzero(guard).astype(np.int64)  # [G]
-            wide = f.variant.shape[1] > 1  # blends seen: [B, K] columns, else [B]
+        t = self._tensors
+        if not self._dirty and t is not None and t.batch == batch:  # most steps: nothing changed
+            return t
+        f = self.fields
+        f.reserve(batch)
+        key = (batch, f.generation, f.presence())
+        if t is not None and t.key == key and (self.device.type == "cpu" or not self._dirty):
+            if self._dirty and t.guard is not None:  # which rows are guarded may have changed
+                t.guarded_index, t.guarded = self._guarded(batch)
+            self._dirty = False
+            return t
+        wide = f.variant.shape[1] > 1  # blends seen: [B, K] columns, else [B]
 
-            def view(a):  # [B] (or [B, K]) rows of a field; on CPU the array itself, no copy
-                return self._to_device(torch.from_numpy(a[:batch] if a.ndim == 1 or wide else a[:batch, 0]))
+        def view(a):  # [B] (or [B, K]) rows of a field; on CPU the array itself, no copy
+            return self._to_device(torch.from_numpy(a[:batch] if a.ndim == 1 or wide else a[:batch, 0]))
 
-            self._tensors = BatchTensors(
-                batch, f.sources[:batch], f.prompts[:batch],
-                variant=view(f.variant), strength=view(f.strength),
-                adaptive=view(f.adaptive) if f.adaptive[:batch].any() else None,
-                guard=view(f.guard) if guarded_index.size else None,
-                guard_sizes=sorted(set(guard[guarded_index].tolist())),
-                guarded=list(map(self.rows.__getitem__, guarded_index.tolist())),
-                guarded_index=guarded_index,
-                penalty=view(f.penalty) if f.penalty[:batch].any() else None)
+        adaptive, penalty, sizes = key[2]
+        guarded_index, guarded = self._guarded(batch) if sizes else (np.zeros(0, np.int64), [])
+        self._tensors = BatchTensors(
+            key, batch, f.sources, f.prompts, variant=view(f.variant), strength=view(f.strength),
+            adaptive=view(f.adaptive) if adaptive else None, guard=view(f.guard) if sizes else None,
+            guard_sizes=list(sizes), guarded=guarded, guarded_index=guarded_index,
+            penalty=view(f.penalty) if penalty else None)
+        self._dirty = False
         return self._tensors
+
+    def _guarded(self, batch: int) -> tuple[np.ndarray, list]:
+        """[G] int64 batch rows with a loop guard, and their SteeredRows."""
+        index = np.flatnonzero(self.fields.guard[:batch]).astype(np.int64)
+        return index, list(map(self.rows.__getitem__, index.tolist()))
 
     def _buffer(self, name: str, shape: tuple) -> torch.Tensor:
         """A reused host int64 buffer, pinned when pinning works (then copied without blocking). On a
@@ -285,7 +326,7 @@ class V1StyleProcessor:
         Built by C-level iteration (map, itemgetter, fromiter) over the live lists straight into the
         array the op reads: a Python loop, or a fill plus a scatter into a reused buffer, cost more than
         the op itself at small vocabularies (the tiny model's decode step is ~1 ms)."""
-        srcs = t.sources
+        srcs = t.sources if len(t.sources) == t.batch else t.sources[:t.batch]
         if n and min(map(len, srcs)) < n:  # a request just started: its context reaches into the prompt
             lens = np.fromiter(map(len, srcs), np.int64, len(srcs))  # [B]
             srcs = list(srcs)
