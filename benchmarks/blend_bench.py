@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_op_bench import CORPORA, Workload, timed  # noqa: E402  (bootstraps the package import)
+from cpu_op_bench import CORPORA, Evictor, Workload, timed  # noqa: E402  (bootstraps the package import)
 from _common import RESULTS  # noqa: E402
 
 from vllm_ngram_style.bench.report import machine_description  # noqa: E402
@@ -80,17 +80,18 @@ def main(argv=None) -> int:
         "reference single": lambda: ref.apply(z, single_v, single_s, ctx),
         "reference blend 4": lambda: ref.apply(z, blend_v, blend_s, ctx),
     }
-    t = timed(fns, 2 if args.quick else args.repeats)
+    t = timed(fns, 2 if args.quick else args.repeats, Evictor())
     rows = [f"| {op} | {t[op + ' single']:.2f} | {t[op + ' blend 4']:.2f} | {t[op + ' blend 4'] / t[op + ' single']:.2f} |"
             for op in ("cpu", "reference")]
     load = os.getloadavg()
     section = (
         f"\n## Style blends: 4 styles per row vs 1 ({datetime.date.today()})\n\n"
         f"Machine: {machine_description()}, 1 torch thread; load average {load[0]:.1f} / {load[1]:.1f} / "
-        f"{load[2]:.1f} (shared). Command: `python benchmarks/blend_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`.\n\n"
+        f"{load[2]:.1f}. Command: `python benchmarks/blend_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`.\n\n"
         f"B={b}, V={v}, {work.label}. single: row r steered by style r mod 4 ({single_entries:.0f} entries per "
         f"row); blend 4: every row all four styles in one call ({entries:.0f} entries per row). Median thread "
-        f"CPU ms per step; the blend checked against the sum of the single-style edits first.\n\n"
+        f"CPU ms per step, each sample one call on logits pushed out of cache first (cpu_op_bench.timed); the "
+        f"blend checked against the sum of the single-style edits first.\n\n"
         "| op | single ms | blend 4 ms | blend / single |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print(section)
     results = args.results if args.results is not None else ("" if args.quick else RESULTS)

@@ -1,6 +1,7 @@
 """Benchmark machinery: the sync counter and the ratio pairing are measuring instruments, so they are
-checked against known answers; the GPU step benchmark and the host-overhead script run end to end on
-CPU at tiny sizes (the GPU script with vLLM blocked, as on the GPU machines)."""
+checked against known answers; the GPU step benchmark, the host-overhead script and the blend
+benchmark run end to end on CPU at tiny sizes (the GPU script with vLLM blocked, as on the GPU
+machines)."""
 import os
 import subprocess
 import sys
@@ -101,3 +102,12 @@ def test_host_overhead_tiny(tiny_model_dir, tmp_path):
     # The V2 adapter on the kernel path: zero would-be syncs in apply; the reference op has its known ones.
     assert table[("V2", "triton, launch stubbed")].rstrip().endswith("**0** |")
     assert "repeat_interleave" in table[("V2", "reference (torch)")]
+
+
+def test_blend_bench_quick():
+    """blend_bench.py shares cpu_op_bench's timing: run it, so a change there cannot break it unseen."""
+    out = _run(["benchmarks/blend_bench.py", "--quick"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "sum of single-style edits: PASS" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| cpu |", "| reference |"))]
+    assert len(rows) == 2 and all(float(line.split("|")[4]) > 0 for line in rows), rows
