@@ -176,6 +176,29 @@ def _scratch(max_order, variant, strength):
             np.zeros(2, np.int64))
 
 
+@jit(inline="always")
+def _queue_row(out, stride, width, blob, probe, max_order, vs, ss, j, has_scale, sc, ages, words, scratch, r, pend,
+               checked):
+    """Look up row r's lists (columns vs[j] / ss[j], scale sc, context ages) into the free buffer and
+    prefetch its logit lines, then edit the pending row (buffer pend, -1: none). Returns r's buffer:
+    the new pending row."""
+    starts, scales, counts, rows = scratch
+    b = 1 if pend == 0 else 0
+    counts[b] = _row_lists(blob, probe, max_order, vs, ss, j, has_scale, sc, ages, words, starts, scales, b)
+    rows[b] = r
+    _prefetch_row(out, r * stride, width, blob, starts, b, counts[b], checked)
+    _finish(out, stride, width, blob, scratch, pend, checked)
+    return b
+
+
+@jit(inline="always")
+def _finish(out, stride, width, blob, scratch, pend, checked):
+    """Edit the pending row (buffer pend; -1: none)."""
+    starts, scales, counts, rows = scratch
+    if pend >= 0:
+        _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
+
+
 @jit()
 def steer_context_rows(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
                        col0, checked, lo, hi):
@@ -185,7 +208,7 @@ def steer_context_rows(out, stride, width, blob, probe, max_order, variant, stre
     nv = blob[H_NUM_VARIANTS]
     ages = np.empty(max(m, 1), np.int64)  # [m] tokens by age
     words = np.empty(max_key_words(blob, max_order), np.int64)
-    starts, scales, counts, rows = _scratch(max_order, variant, strength)
+    scratch = _scratch(max_order, variant, strength)
     pend = -1  # the buffer holding the row prefetched but not yet edited
     for r in range(lo, hi):
         sc = scale[r] if has_scale else scale[0]  # scale: a 1-element dummy when unused
@@ -193,16 +216,9 @@ def steer_context_rows(out, stride, width, blob, probe, max_order, variant, stre
             continue
         for a in range(m):
             ages[a] = context[r, col0 + m - 1 - a]
-        b = 1 if pend == 0 else 0
-        counts[b] = _row_lists(blob, probe, max_order, variant, strength, r, has_scale, sc, ages, words, starts,
-                               scales, b)
-        rows[b] = r
-        _prefetch_row(out, r * stride, width, blob, starts, b, counts[b], checked)
-        if pend >= 0:
-            _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
-        pend = b
-    if pend >= 0:
-        _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
+        pend = _queue_row(out, stride, width, blob, probe, max_order, variant, strength, r, has_scale, sc, ages,
+                          words, scratch, r, pend, checked)
+    _finish(out, stride, width, blob, scratch, pend, checked)
 
 
 @jit()
@@ -215,7 +231,7 @@ def steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row
     n_slots, length = ids.shape
     ages = np.empty(max(m, 1), np.int64)
     words = np.empty(max_key_words(blob, max_order), np.int64)
-    starts, scales, counts, rows = _scratch(max_order, slot_variant, slot_strength)
+    scratch = _scratch(max_order, slot_variant, slot_strength)
     pend = -1
     for r in range(lo, hi):
         slot = np.int64(row_slot[r])
@@ -228,16 +244,9 @@ def steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row
         for a in range(m):
             p = last - a
             ages[a] = ids[slot, p] if 0 <= p < length else -1
-        b = 1 if pend == 0 else 0
-        counts[b] = _row_lists(blob, probe, max_order, slot_variant, slot_strength, slot, has_scale, sc, ages, words,
-                               starts, scales, b)
-        rows[b] = r
-        _prefetch_row(out, r * stride, width, blob, starts, b, counts[b], checked)
-        if pend >= 0:
-            _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
-        pend = b
-    if pend >= 0:
-        _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
+        pend = _queue_row(out, stride, width, blob, probe, max_order, slot_variant, slot_strength, slot, has_scale, sc,
+                          ages, words, scratch, r, pend, checked)
+    _finish(out, stride, width, blob, scratch, pend, checked)
 
 
 @jit(parallel=True)

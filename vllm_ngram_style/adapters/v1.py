@@ -9,10 +9,10 @@ newest entry is a -1 placeholder until just before apply() (vLLM issue #52461).
 
 Host work per step: the per-row fields (variant, strength, flags) live in host arrays written
 row by row as BatchUpdates add, remove and move requests (O(changes) per step, not O(batch):
-under continuous batching some request joins or leaves at most steps); the contexts (last
-max_order-1 tokens) and loop-guard windows are written into reused host buffers (pinned when vLLM
-says pinning works) and copied to the device without blocking. On CPU the arrays and buffers are
-the tensors the op reads.
+under continuous batching some request joins or leaves at most steps). The contexts (last
+max_order-1 tokens) are built each step by C-level iteration over the live lists; on CPU the
+arrays are the tensors the op reads, on a device the contexts and loop-guard windows go through
+reused host buffers (pinned when vLLM says pinning works) and are copied without blocking.
 """
 from __future__ import annotations
 
