@@ -165,8 +165,8 @@ def _edit_row(out, row0, width, blob, starts, scales, b, count, checked):
 # previous row is edited while those lines arrive. A row touches ~350 cache lines scattered over its
 # V logits, out of cache at large batches (a decoding step's logits were just written, the model's
 # weights streamed through the caches before); one line at a time, the core waits on each miss. With
-# the prefetch, B=256 x V=49152 with logits out of cache costs ~0.8 ms instead of ~1.5 ms here (AMD
-# EPYC; benchmarks/cpu_op_bench.py has the measured table); with logits in cache both are ~0.4 ms.
+# the prefetch, B=256 x V=49152 with logits out of cache costs 1.04 ms instead of 1.73 ms (AMD EPYC,
+# benchmarks/cpu_op_bench.py; RESULTS.md has the table); with logits in cache 0.41 against 0.55 ms.
 
 @jit(inline="always")
 def _scratch(max_order, variant, strength):
