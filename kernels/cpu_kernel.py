@@ -156,19 +156,15 @@ class CpuSteering:
         if context.dim() != 2 or context.shape[0] != r or context.shape[1] < m:
             raise NgramStyleError(f"context must be [{r}, >= {m}], got {tuple(context.shape)}")
         ctx = _ids(context, "context")
-        if row_scale is None:  # the usual case, inline: at small batches this wrapper costs more than the loop
-            scale, has_scale = self._no_scale[1 if s.dtype == np.float64 else 0], False
-        else:
-            scale, has_scale = self._scale(row_scale, r, s.dtype)
-            if scale.dtype != s.dtype:  # mixed float32 / float64: both in float64, as torch promotes
-                s, scale = s.astype(np.float64), scale.astype(np.float64)
-        width = logits.shape[1]
-        if r == 0 or width == 0:
+        scale, has_scale = self._scale(row_scale, r, s.dtype)
+        if scale.dtype != s.dtype:  # mixed float32 / float64: both in float64, as torch promotes
+            s, scale = s.astype(np.float64), scale.astype(np.float64)
+        if r == 0 or logits.shape[1] == 0:
             return logits
         flat, stride = _flat_logits(logits)
-        args = (flat, stride, width, self._blob, self.tables.probe, self.max_order, v, s, scale, has_scale,
-                ctx, ctx.shape[1] - m, width < self._token_bound)
-        if self.threads > 1 and self._parallel(r):
+        args = (flat, stride, logits.shape[1], self._blob, self.tables.probe, self.max_order, v, s, scale, has_scale,
+                ctx, ctx.shape[1] - m, self._checked(logits))
+        if self._parallel(r):
             loops.steer_context_rows_par(*args, self._chunks(r))
         else:
             loops.steer_context_rows(*args, 0, r)
@@ -236,7 +232,7 @@ class CpuSteering:
 
     def _checked(self, logits) -> bool:
         """Whether the loops must skip entries whose token is >= the logits' width (only when the pack's
-        vocabulary is wider than the logits: the check costs ~15% of the edit). apply() inlines it."""
+        vocabulary is wider than the logits: the check costs ~15% of the edit)."""
         return logits.shape[1] < self._token_bound
 
     def _parallel(self, r: int) -> bool:

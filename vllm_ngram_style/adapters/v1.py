@@ -203,7 +203,6 @@ class V1StyleProcessor:
         self.fields = RowFields(self.core.context_len)  # the same rows' steering fields and lists, by index
         self._tensors: BatchTensors | None = None
         self._dirty = True  # a row changed since self._tensors was built
-        self._pick = {}  # n -> itemgetter of a list's last n items
         self._host: dict[tuple, torch.Tensor] = {}  # reused host buffers, by (name, ring slot)
         self._ring = 0
 
@@ -333,9 +332,7 @@ class V1StyleProcessor:
             for i in np.flatnonzero(lens < n).tolist():
                 srcs[i] = last_tokens(t.prompts[i], srcs[i], n)
         if n:
-            pick = self._pick.get(n)
-            if pick is None:
-                pick = self._pick[n] = itemgetter(*range(-n, 0))  # a list's last n items (one int if n == 1)
+            pick = itemgetter(*range(-n, 0))  # a list's last n items (one int if n == 1)
             tokens = chain.from_iterable(map(pick, srcs)) if n > 1 else map(pick, srcs)
             block = np.fromiter(tokens, np.int64, t.batch * n).reshape(t.batch, n)  # [B, n]
         else:
