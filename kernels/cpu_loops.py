@@ -82,33 +82,6 @@ def _find(blob, probe, n, v, ages, words):
 
 
 @jit(inline="always")
-def _add_entries(out, row0, width, blob, i, end, s, checked):
-    """Add s x delta for the context whose first entry is blob[i], up to its LAST_FLAG entry. checked:
-    the pack has tokens >= width (a vocabulary wider than the logits), which are skipped."""
-    while i < end:
-        e = blob[i]
-        tok = e & 0x7FFFFFFF
-        if not checked or tok < width:
-            add_scaled(out, row0 + tok, s, f32_from_bits(np.int32(e >> 32)))
-        if e & LAST_FLAG:
-            return
-        i += 1
-
-
-@jit(inline="always")
-def _prefetch_entries(out, row0, width, blob, i, end, checked):
-    """Prefetch the logit lines the context whose first entry is blob[i] will write."""
-    while i < end:
-        e = blob[i]
-        tok = e & 0x7FFFFFFF
-        if not checked or tok < width:
-            prefetch_for_write(out, row0 + tok)
-        if e & LAST_FLAG:
-            return
-        i += 1
-
-
-@jit(inline="always")
 def _active(vs, ss, j, has_scale, sc, nv):
     for k in range(vs.shape[1]):
         s = ss[j, k] * sc if has_scale else ss[j, k]
@@ -146,64 +119,107 @@ def _row_lists(blob, probe, max_order, vs, ss, j, has_scale, sc, ages, words, st
     return q
 
 
-@jit(inline="always")
-def _prefetch_row(out, row0, width, blob, starts, b, count, checked):
-    end = blob[H_ENT_BASE] + blob[H_NUM_ENTRIES]
-    for q in range(count):
-        _prefetch_entries(out, row0, width, blob, starts[b, q], end, checked)
+@jit()  # not inline="always": numba's inlining would count references to the arrays on every entry
+def _walk_step(out, row0, blob, starts, stops, b, count, end, q, i):
+    """One step of a walk over the lists of the row in buffer b (count lists; list q, entry blob[i]):
+    prefetch the logit line the entry will write, and at a list's LAST_FLAG entry record its stop
+    (one past it) and move to the next list. Returns the new (q, i); q == count: the walk is done.
+    Tokens >= the logits' width are prefetched too: harmless, a prefetch never faults."""
+    last = True
+    if i < end:
+        e = blob[i]
+        prefetch_for_write(out, row0 + (e & 0x7FFFFFFF))
+        i += 1
+        last = (e & LAST_FLAG) != 0
+    if last:
+        stops[b, q] = min(i, end)  # a start at or past the end: an empty list
+        q += 1
+        if q < count:
+            i = starts[b, q]
+    return q, i
 
 
 @jit(inline="always")
-def _edit_row(out, row0, width, blob, starts, scales, b, count, checked):
-    end = blob[H_ENT_BASE] + blob[H_NUM_ENTRIES]
+def _walk_row(out, row0, blob, starts, stops, b, count, end):
+    """The whole walk of a row at once (the first row of a range: no edit to interleave it with)."""
+    q, i = 0, starts[b, 0] if count > 0 else 0
+    while q < count:
+        q, i = _walk_step(out, row0, blob, starts, stops, b, count, end, q, i)
+
+
+@jit(inline="always")
+def _edit_row_walking(out, row0, width, blob, starts, stops, scales, b, count, nrow0, nb, ncount, end, checked):
+    """Edit the row in buffer b (its stops recorded by its walk) while walking the next row (buffer nb,
+    logits from nrow0), one walk step per entry edited: the next row's prefetches are spread over this
+    row's edit, a steady stream of requests in flight instead of one burst of ~350 that the core's miss
+    queues cannot hold (rows' entry counts are alike, so little of the walk is left for the tail loop;
+    2-4 steps per entry measured slower: the walk's own work). The edit is a counted loop per list (no
+    end-of-list test per entry). checked: the pack has tokens >= width (a vocabulary wider than the
+    logits), which are skipped."""
+    nq, ni = 0, starts[nb, 0] if ncount > 0 else 0
     for q in range(count):
-        _add_entries(out, row0, width, blob, starts[b, q], end, scales[b, q], checked)
+        s = scales[b, q]
+        for i in range(starts[b, q], stops[b, q]):
+            e = blob[i]
+            tok = e & 0x7FFFFFFF
+            if not checked or tok < width:
+                add_scaled(out, row0 + tok, s, f32_from_bits(np.int32(e >> 32)))
+            if nq < ncount:
+                nq, ni = _walk_step(out, nrow0, blob, starts, stops, nb, ncount, end, nq, ni)
+    while nq < ncount:
+        nq, ni = _walk_step(out, nrow0, blob, starts, stops, nb, ncount, end, nq, ni)
 
 
 # ---- the two context sources, over a range of rows -------------------------------------------------
-# Pipelined one row deep: a row's lists are looked up and its logit lines prefetched, then the
-# previous row is edited while those lines arrive. A row touches ~350 cache lines scattered over its
-# V logits, out of cache at large batches (a decoding step's logits were just written, the model's
-# weights streamed through the caches before); one line at a time, the core waits on each miss. With
-# the prefetch, B=256 x V=49152 with logits out of cache costs 1.04 ms instead of 1.73 ms (AMD EPYC,
-# benchmarks/cpu_op_bench.py; RESULTS.md has the table); with logits in cache 0.41 against 0.55 ms.
+# Pipelined one row deep: a row's lists are looked up, then the previous row is edited while the new
+# row's lists are walked and every logit line it will write is prefetched. A row touches ~350 cache
+# lines scattered over its V logits, out of cache at large batches (a decoding step's logits were
+# just written, the model's weights streamed through the caches before); one line at a time, the
+# core waits on each miss. The walk also records where each list ends, so the edit needs no
+# end-of-list test per entry. benchmarks/cpu_op_bench.py measures it (RESULTS.md has the tables).
 
 @jit(inline="always")
 def _scratch(max_order, variant, strength):
-    """Two rows' list buffers: starts [2, max_order * K] int64, scales [2, max_order * K], counts, rows [2]."""
+    """Two rows' list buffers: starts / stops [2, max_order * K] int64 (blob index of each list's first
+    entry / one past its last), scales [2, max_order * K], counts, rows [2]."""
     most = max_order * variant.shape[1]
-    return (np.empty((2, most), np.int64), np.empty((2, most), strength.dtype), np.zeros(2, np.int64),
-            np.zeros(2, np.int64))
+    return (np.empty((2, most), np.int64), np.empty((2, most), np.int64), np.empty((2, most), strength.dtype),
+            np.zeros(2, np.int64), np.zeros(2, np.int64))
 
 
 @jit(inline="always")
 def _queue_row(out, stride, width, blob, probe, max_order, vs, ss, j, has_scale, sc, ages, words, scratch, r, pend,
                checked):
-    """Look up row r's lists (columns vs[j] / ss[j], scale sc, context ages) into the free buffer and
-    prefetch its logit lines, then edit the pending row (buffer pend, -1: none). Returns r's buffer:
-    the new pending row."""
-    starts, scales, counts, rows = scratch
+    """Look up row r's lists (columns vs[j] / ss[j], scale sc, context ages) into the free buffer, then
+    edit the pending row (buffer pend, -1: none) while walking r's lists. Returns r's buffer: the new
+    pending row."""
+    starts, stops, scales, counts, rows = scratch
+    end = blob[H_ENT_BASE] + blob[H_NUM_ENTRIES]
     b = 1 if pend == 0 else 0
     counts[b] = _row_lists(blob, probe, max_order, vs, ss, j, has_scale, sc, ages, words, starts, scales, b)
     rows[b] = r
-    _prefetch_row(out, r * stride, width, blob, starts, b, counts[b], checked)
-    _finish(out, stride, width, blob, scratch, pend, checked)
+    if pend < 0:
+        _walk_row(out, r * stride, blob, starts, stops, b, counts[b], end)
+    else:
+        _edit_row_walking(out, rows[pend] * stride, width, blob, starts, stops, scales, pend, counts[pend],
+                          r * stride, b, counts[b], end, checked)
     return b
 
 
 @jit(inline="always")
 def _finish(out, stride, width, blob, scratch, pend, checked):
-    """Edit the pending row (buffer pend; -1: none)."""
-    starts, scales, counts, rows = scratch
+    """Edit the pending row (buffer pend; -1: none): the last of a range, nothing left to walk."""
+    starts, stops, scales, counts, rows = scratch
     if pend >= 0:
-        _edit_row(out, rows[pend] * stride, width, blob, starts, scales, pend, counts[pend], checked)
+        _edit_row_walking(out, rows[pend] * stride, width, blob, starts, stops, scales, pend, counts[pend],
+                          0, pend, 0, 0, checked)
 
 
 @jit()
 def steer_context_rows(out, stride, width, blob, probe, max_order, variant, strength, scale, has_scale, context,
                        col0, checked, lo, hi):
     """Rows [lo, hi): variant / strength [R, K], scale [R] (read when has_scale), context [R, C] int with
-    the max_order-1 context tokens in columns col0.. (oldest first); checked: see _add_entries."""
+    the max_order-1 context tokens in columns col0.. (oldest first); checked: see _edit_row_walking."""
     m = max_order - 1
     nv = blob[H_NUM_VARIANTS]
     ages = np.empty(max(m, 1), np.int64)  # [m] tokens by age
@@ -225,7 +241,7 @@ def steer_context_rows(out, stride, width, blob, probe, max_order, variant, stre
 def steer_history_rows(out, stride, width, blob, probe, max_order, row_slot, row_last_pos, ids, slot_variant,
                        slot_strength, scale, has_scale, checked, lo, hi):
     """Rows [lo, hi) of the history form: row_slot / row_last_pos [R], ids [S, L] token history,
-    slot_variant / slot_strength [S, K], scale [R]; checked: see _add_entries."""
+    slot_variant / slot_strength [S, K], scale [R]; checked: see _edit_row_walking."""
     m = max_order - 1
     nv = blob[H_NUM_VARIANTS]
     n_slots, length = ids.shape
