@@ -43,7 +43,7 @@ from vllm_ngram_style.bench.packs import REAL_STYLES, corpus_for, real_packs, to
 from vllm_ngram_style.bench.report import machine_description  # noqa: E402
 from vllm_ngram_style.adaptive import adaptive_scale  # noqa: E402
 from vllm_ngram_style.kernels.cpu_kernel import CpuSteering  # noqa: E402
-from vllm_ngram_style.kernels.cpu_numeric import prefetch_for_write  # noqa: E402
+from vllm_ngram_style.kernels.cpu_numeric import prefetch_line  # noqa: E402
 from vllm_ngram_style.kernels.reference import ReferenceSteering  # noqa: E402
 from vllm_ngram_style.naive_processor import NaiveTables, steer_row  # noqa: E402
 
@@ -133,12 +133,12 @@ BARE_PREFETCH = 256  # entries ahead: the best of 16-1024 here (a steady stream 
 
 @njit(nogil=True)
 def bare_loop_prefetch(out, offsets, values, ahead):
-    """bare_loop with a write prefetch of the entry `ahead` places on: what a loop over resolved entries
+    """bare_loop with a prefetch (cpu_numeric.prefetch_line, the hint the op uses) of the entry `ahead` places on: what a loop over resolved entries
     can reach when memory requests stay in flight (the floor the CPU op is compared with)."""
     n = offsets.shape[0]
     for i in range(n):
         if i + ahead < n:
-            prefetch_for_write(out, offsets[i + ahead])
+            prefetch_line(out, offsets[i + ahead])
         out[offsets[i]] += values[i]
 
 
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
              "weights streamed through since); ops interleaved; the calling thread's CPU time (robust to other jobs "
              "on the cores; ratios use it), except the 'wall' columns (wall clock; the threaded op's only fair "
              "figure). 'bare loop': the issue's yardstick, a compiled loop adding the same entries with rows, tokens "
-             "and scaled deltas already resolved (no lookups); '+ prefetch': the same with a write prefetch "
+             "and scaled deltas already resolved (no lookups); '+ prefetch': the same with a prefetch (the op's hint) "
              f"{BARE_PREFETCH} entries ahead. 'in cache': the call repeated on the same logits "
              "with nothing in between (median of 10). "
              "'entries / row': (context, token) entries the reference op adds per row. Each "

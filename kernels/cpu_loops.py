@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .cpu_numeric import add_scaled, f32_from_bits, jit, prefetch_for_write
+from .cpu_numeric import add_scaled, f32_from_bits, jit, prefetch_line
 from .gpu_tables import (H_ENT_BASE, H_NUM_ENTRIES, H_NUM_VARIANTS, H_TB, H_UNI_BASE, HEADER_WORDS, LAST_FLAG,
                          MULT_A, MULT_B, O_HOME_RANGE, O_PROBE_BLOCKS, O_SEED, O_SLOT_BASE, O_TOTAL_SLOTS, O_WORDS,
                          ORDER_FIELDS)
@@ -128,7 +128,7 @@ def _walk_step(out, row0, blob, starts, stops, b, count, end, q, i):
     last = True
     if i < end:
         e = blob[i]
-        prefetch_for_write(out, row0 + (e & 0x7FFFFFFF))
+        prefetch_line(out, row0 + (e & 0x7FFFFFFF))
         i += 1
         last = (e & LAST_FLAG) != 0
     if last:

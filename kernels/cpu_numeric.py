@@ -8,6 +8,10 @@ arithmetic, float16 by LLVM's fptrunc, both as torch rounds).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+
 import numpy as np
 from llvmlite import ir
 
@@ -26,26 +30,57 @@ def jit(**opts):
 
     def wrap(fn):
         try:
-            return njit(cache=True, **opts)(fn)
+            disp = njit(cache=True, **opts)(fn)
         except RuntimeError:  # "cannot cache function ...: no locator available"
             return njit(**opts)(fn)
+        return _tie_cache_to_sources(disp, opts)
 
     return wrap
+
+
+def _tie_cache_to_sources(disp, opts):
+    """numba judges a cached function fresh by its own file's mtime and size alone, yet the machine code
+    has this module's helpers and gpu_tables' constants compiled in: after an update that touched only
+    those (a git pull, an editable install), the stale code would run. So the cache's freshness stamp
+    becomes a digest of every source in this package. The stamp lives in a private numba attribute;
+    where it is gone, caching is dropped rather than risked."""
+    cache_file = getattr(getattr(disp, "_cache", None), "_cache_file", None)
+    if cache_file is None or not hasattr(cache_file, "_source_stamp"):
+        return njit(**opts)(disp.py_func)
+    cache_file._source_stamp = sources_digest()
+    return disp
+
+
+@functools.lru_cache(maxsize=None)
+def sources_digest() -> str:
+    """sha256 over the package's .py sources (name and bytes, in name order): the compiled loops'
+    freshness stamp."""
+    h = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(f for f in os.listdir(here) if f.endswith(".py")):
+        with open(os.path.join(here, name), "rb") as fh:
+            h.update(name.encode() + b"\0" + fh.read() + b"\0")
+    return h.hexdigest()
 
 
 # ---- software prefetch ----------------------------------------------------------------------------
 
 @intrinsic
-def prefetch_for_write(typingctx, arr, i):
-    """A hint to fetch the cache line of arr[i] for writing (x86 PREFETCHW; a no-op where the target has
-    none). It never faults, so i past the array's end is harmless, and changes no result."""
+def prefetch_line(typingctx, arr, i):
+    """A hint to fetch the cache line of arr[i] into L2 (x86 PREFETCHT1; a no-op where the target has
+    none). It never faults, so i past the array's end is harmless, and changes no result.
+    A read hint, though the line will be written: on the 2-core Intel Xeon VM of 2026-12-02 it made
+    the op 0.91x the time of PREFETCHW into L1 (B=256..1024, logits out of cache; paired runs,
+    RESULTS.md's fifth run); a line no other core holds arrives exclusive, so the store that follows
+    needs no second request. L1 versus L2 made no measurable difference on the AMD EPYC of the
+    earlier runs and little on the Xeon (0.91 vs 0.93)."""
     def codegen(context, builder, sig, args):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
         i8p = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [ir.IntType(32)] * 3),
                                             "llvm.prefetch.p0")
         ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
-        builder.call(fn, [ptr] + [ir.Constant(ir.IntType(32), x) for x in (1, 3, 1)])  # write, keep in L1, data
+        builder.call(fn, [ptr] + [ir.Constant(ir.IntType(32), x) for x in (0, 2, 1)])  # read, L2 (locality 2), data
         return context.get_dummy_value()
     return types.void(arr, i), codegen
 
