@@ -70,9 +70,9 @@ def prefetch_line(typingctx, arr, i):
     """A hint to fetch the cache line of arr[i] into L2 (x86 PREFETCHT1; a no-op where the target has
     none). It never faults, so i past the array's end is harmless, and changes no result.
     A read hint, though the line will be written: on the 2-core Intel Xeon VM of 2026-12-02 it made
-    the op 0.91x the time of PREFETCHW into L1 (B=256..1024, logits out of cache; paired runs,
-    RESULTS.md's fifth run); a line no other core holds arrives exclusive, so the store that follows
-    needs no second request. L1 versus L2 made no measurable difference on the AMD EPYC of the
+    the op 0.91x the time of PREFETCHW into L1 (B=256..1024, logits out of cache; paired runs, see
+    RESULTS.md's sixth cpu_op_bench run). A line no other core holds arrives exclusive, so the store
+    that follows needs no second request. L1 versus L2 made no measurable difference on the AMD EPYC of the
     earlier runs and little on the Xeon (0.91 vs 0.93)."""
     def codegen(context, builder, sig, args):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
