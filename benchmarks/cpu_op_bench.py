@@ -133,8 +133,9 @@ BARE_PREFETCH = 256  # entries ahead: the best of 16-1024 here (a steady stream 
 
 @njit(nogil=True)
 def bare_loop_prefetch(out, offsets, values, ahead):
-    """bare_loop with a prefetch (cpu_numeric.prefetch_line, the hint the op uses) of the entry `ahead` places on: what a loop over resolved entries
-    can reach when memory requests stay in flight (the floor the CPU op is compared with)."""
+    """bare_loop with a prefetch of the entry `ahead` places on (cpu_numeric.prefetch_line, the op's hint):
+    what a loop over resolved entries can reach when memory requests stay in flight (the floor the CPU
+    op is compared with)."""
     n = offsets.shape[0]
     for i in range(n):
         if i + ahead < n:

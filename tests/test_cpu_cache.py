@@ -31,8 +31,8 @@ def _run(pkg_parent) -> str:
 
 
 def test_a_change_to_a_helper_module_alone_recompiles(tmp_path):
-    """loop.py never changes; only helper.py does, keeping its size and (within numba's 1 s stamp) its
-    mtime: with numba's own freshness test the second run would return the stale 1."""
+    """loop.py never changes; only helper.py does, keeping its size and (restored) its mtime, as a quick
+    edit or a checkout can: with numba's own freshness test the second run returns the stale 1."""
     pkg = tmp_path / "stalepkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
